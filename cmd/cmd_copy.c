@@ -1,0 +1,158 @@
+#include "cmd.h"
+
+#include "../core/error.h"
+#include "../core/stats.h"
+#include "../core/units.h"
+#include "copy_cli.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char copy_usage[] =
+	"usage: sparsync copy [OPTIONS] SRC DST\n"
+	"Copy a sparse raw or qcow2 image, or sync DST when it exists. SRC or DST\n"
+	"(not both) may be [USER@]HOST:PATH; '-' is a stream on stdin/stdout.\n"
+	"\n"
+	"Image options:\n"
+	"  -f raw|qcow2            source format (default: detected)\n"
+	"  -O raw|qcow2            destination format (default: DST extension, then\n"
+	"                          an existing DST's format, then the source's)\n"
+	"  --cluster-size SIZE     qcow2 cluster size, 512 .. 2M (default 64K)\n"
+	"  -c zstd|zlib            store qcow2 clusters compressed\n"
+	"  --backing FILE          write DST as a qcow2 overlay of FILE holding only\n"
+	"                          the clusters that differ\n"
+	"  --whole                 rewrite DST completely instead of syncing it\n"
+	"  -j N                    worker threads (default: number of cores)\n"
+	"Remote options:\n"
+	"  -p PORT                 ssh port (default 22)\n"
+	"  -i FILE                 identity (private key) file\n"
+	"  --known-hosts FILE      default ~/.ssh/known_hosts\n"
+	"  --accept-new-host-key   trust and record an unknown host key\n"
+	"  --remote-path PATH      sparsync on the remote (default: sparsync)\n"
+	"  -e, --rsh CMD           run CMD (e.g. 'ssh -p 2222') instead of the built-in client\n"
+	"  --compress C            zstd[:LEVEL] | lz4 | none (default zstd:1 over the network)\n"
+	"  --bwlimit RATE          bytes per second, e.g. 8M\n"
+	"Output:\n"
+	"  --json                  print a JSON summary on stdout at the end\n"
+	"  -P, --progress          show progress even when stderr is not a terminal\n"
+	"  -q, --quiet             no progress, no summary\n";
+
+enum {
+	OPT_CLUSTER = 256, OPT_BACKING, OPT_WHOLE, OPT_JSON, OPT_KNOWN_HOSTS, OPT_ACCEPT_NEW,
+	OPT_REMOTE_PATH, OPT_COMPRESS, OPT_BWLIMIT,
+};
+
+static int parse_args(int argc, char **argv, struct copy_cli *cli)
+{
+	static const struct option opts[] = {
+		{ "cluster-size", required_argument, NULL, OPT_CLUSTER },
+		{ "backing", required_argument, NULL, OPT_BACKING },
+		{ "whole", no_argument, NULL, OPT_WHOLE },
+		{ "json", no_argument, NULL, OPT_JSON },
+		{ "progress", no_argument, NULL, 'P' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "known-hosts", required_argument, NULL, OPT_KNOWN_HOSTS },
+		{ "accept-new-host-key", no_argument, NULL, OPT_ACCEPT_NEW },
+		{ "remote-path", required_argument, NULL, OPT_REMOTE_PATH },
+		{ "rsh", required_argument, NULL, 'e' },
+		{ "compress", required_argument, NULL, OPT_COMPRESS },
+		{ "bwlimit", required_argument, NULL, OPT_BWLIMIT },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0, 0, 0, 0 },
+	};
+	int c;
+	uint64_t v;
+	while ((c = getopt_long(argc, argv, "f:O:c:j:p:i:e:Pqh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+		case 'O': {
+			enum image_format f = image_format_parse(optarg);
+			if (f == FMT_AUTO)
+				return usage_error("copy", "unknown format '%s' (raw or qcow2)", optarg);
+			*(c == 'f' ? &cli->in_fmt : &cli->out_fmt) = f;
+			break;
+		}
+		case OPT_CLUSTER:
+			if (parse_size(optarg, &v) < 0 || v < 512 || v > (2u << 20) || (v & (v - 1)))
+				return usage_error("copy", "cluster size '%s' must be a power of two from 512 to 2M", optarg);
+			cli->create.cluster_size = (uint32_t)v;
+			break;
+		case 'c':
+			if (strcmp(optarg, "zstd") == 0)
+				cli->create.compress = CODEC_ZSTD;
+			else if (strcmp(optarg, "zlib") == 0)
+				cli->create.compress = CODEC_ZLIB;
+			else
+				return usage_error("copy", "-c takes zstd or zlib, not '%s'", optarg);
+			break;
+		case OPT_BACKING: cli->create.backing = optarg; break;
+		case OPT_WHOLE: cli->whole = true; break;
+		case OPT_JSON: cli->json = true; break;
+		case 'P': cli->progress = PROGRESS_FORCE; break;
+		case 'q': cli->quiet = true; cli->progress = PROGRESS_OFF; break;
+		case 'j':
+			if (parse_size(optarg, &v) < 0 || v < 1 || v > 256)
+				return usage_error("copy", "-j takes a number of threads from 1 to 256");
+			cli->workers = (unsigned)v;
+			break;
+		case 'p':
+			if (parse_size(optarg, &v) < 0 || v < 1 || v > 65535)
+				return usage_error("copy", "bad port '%s'", optarg);
+			cli->port = (int)v;
+			break;
+		case 'i': cli->identity = optarg; break;
+		case OPT_KNOWN_HOSTS: cli->known_hosts = optarg; break;
+		case OPT_ACCEPT_NEW: cli->accept_new_host_key = true; break;
+		case OPT_REMOTE_PATH: cli->remote_path = optarg; break;
+		case 'e': cli->rsh = optarg; break;
+		case OPT_COMPRESS: cli->wire_compress = optarg; break;
+		case OPT_BWLIMIT:
+			if (parse_size(optarg, &v) < 0 || v == 0)
+				return usage_error("copy", "bad --bwlimit rate '%s'", optarg);
+			cli->bwlimit = v;
+			break;
+		case 'h': fputs(copy_usage, stdout); exit(0);
+		default: return EXIT_USAGE;
+		}
+	}
+	if (argc - optind != 2)
+		return usage_error("copy", "expected SRC and DST");
+	if (endpoint_parse(argv[optind], &cli->src) < 0 ||
+	    endpoint_parse(argv[optind + 1], &cli->dst) < 0)
+		return usage_error("copy", "%s", sp_errmsg());
+	bool src_far = cli->src.kind != EP_LOCAL, dst_far = cli->dst.kind != EP_LOCAL;
+	if (src_far && dst_far)
+		return usage_error("copy", "SRC and DST cannot both be remote or streams");
+	return 0;
+}
+
+int cmd_copy(int argc, char **argv)
+{
+	struct copy_cli cli;
+	memset(&cli, 0, sizeof cli);
+	cli.remote_path = "sparsync";
+	int rc = parse_args(argc, argv, &cli);
+	if (rc != 0) {
+		endpoint_free(&cli.src);
+		endpoint_free(&cli.dst);
+		return rc;
+	}
+	struct sp_stats st;
+	memset(&st, 0, sizeof st);
+	bool local = cli.src.kind == EP_LOCAL && cli.dst.kind == EP_LOCAL;
+	rc = local ? copy_local(&cli, &st) : copy_remote(&cli, &st);
+	/* When stdout carries the stream, the summary must not corrupt it. */
+	FILE *out = cli.dst.kind == EP_STREAM ? stderr : stdout;
+	if (rc == 0) {
+		if (cli.json)
+			stats_print_json(out, "copy", &st);
+		else if (!cli.quiet && isatty(fileno(out)))
+			stats_print_human(out, "copy", &st);
+	}
+	endpoint_free(&cli.src);
+	endpoint_free(&cli.dst);
+	return rc < 0 ? fail() : 0;
+}

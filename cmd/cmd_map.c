@@ -1,0 +1,91 @@
+#include "cmd.h"
+
+#include "../core/error.h"
+#include "../formats/image.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char map_usage[] =
+	"usage: sparsync map [--json] [-f raw|qcow2] IMAGE\n"
+	"Print which ranges of IMAGE are allocated (data) and which read as zeros.\n"
+	"  --json         a JSON array like 'qemu-img map --output=json'\n"
+	"  -f FORMAT      do not detect the format, use FORMAT\n";
+
+static void print_run(bool json, bool *first, uint64_t start, uint64_t len, enum extent_kind k)
+{
+	bool data = k == EXTENT_DATA;
+	if (json) {
+		printf("%s{ \"start\": %llu, \"length\": %llu, \"data\": %s, \"zero\": %s }",
+		       *first ? "[" : ",\n", (unsigned long long)start, (unsigned long long)len,
+		       data ? "true" : "false", data ? "false" : "true");
+	} else {
+		if (*first)
+			printf("%-20s %-20s %s\n", "Offset", "Length", "Kind");
+		printf("0x%-18llx 0x%-18llx %s\n", (unsigned long long)start, (unsigned long long)len,
+		       k == EXTENT_DATA ? "data" : k == EXTENT_ZERO ? "zero" : "hole");
+	}
+	*first = false;
+}
+
+int cmd_map(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'J' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "format", required_argument, NULL, 'f' },
+		{ 0, 0, 0, 0 },
+	};
+	bool json = false;
+	enum image_format fmt = FMT_AUTO;
+	int c;
+	while ((c = getopt_long(argc, argv, "hf:", opts, NULL)) != -1) {
+		switch (c) {
+		case 'J': json = true; break;
+		case 'f':
+			if ((fmt = image_format_parse(optarg)) == FMT_AUTO)
+				return usage_error("map", "unknown format '%s'", optarg);
+			break;
+		case 'h': fputs(map_usage, stdout); return 0;
+		default: return usage_error("map", "bad option");
+		}
+	}
+	if (argc - optind != 1)
+		return usage_error("map", "expected one IMAGE");
+
+	struct image *img = image_open(argv[optind], fmt, IMAGE_RDONLY);
+	if (!img)
+		return fail();
+	bool first = true;
+	uint64_t pos = 0, run_start = 0;
+	enum extent_kind run_kind = EXTENT_HOLE;
+	int rc = 0;
+	/* Merge adjacent extents of the same kind; ZERO and HOLE both read as
+	 * zeros and are one kind for map's purpose. */
+	while (pos < img->size) {
+		struct extent e;
+		if ((rc = image_extent(img, pos, &e)) < 0)
+			break;
+		if (e.length == 0 || e.offset != pos) {
+			rc = sp_err("%s: extent map made no progress at offset %llu", img->path,
+				    (unsigned long long)pos);
+			break;
+		}
+		enum extent_kind k = e.kind == EXTENT_DATA ? EXTENT_DATA : EXTENT_HOLE;
+		if (pos == 0) {
+			run_kind = k;
+		} else if (k != run_kind) {
+			print_run(json, &first, run_start, pos - run_start, run_kind);
+			run_start = pos;
+			run_kind = k;
+		}
+		pos += e.length < img->size - pos ? e.length : img->size - pos;
+	}
+	if (rc == 0 && pos > run_start)
+		print_run(json, &first, run_start, pos - run_start, run_kind);
+	if (rc == 0 && json)
+		printf(first ? "[]\n" : "]\n");
+	image_close(img);
+	return rc < 0 ? fail() : 0;
+}

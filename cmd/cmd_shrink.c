@@ -1,0 +1,102 @@
+/* shrink: make an image occupy only its data. Raw images get holes punched
+ * over zero-filled blocks in place (like fallocate -d); qcow2 images are
+ * rewritten compactly to a temporary file renamed over the original. */
+#include "cmd.h"
+
+#include "../core/copy.h"
+#include "../core/dest.h"
+#include "../core/error.h"
+#include "../core/sink.h"
+#include "../formats/image.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char shrink_usage[] =
+	"usage: sparsync shrink [--json] [-q] IMAGE\n"
+	"Free the space of zero-filled blocks; the content does not change.\n";
+
+/* The data is already in place: only zero ranges need work. */
+static int shrink_data(struct sink *s, uint64_t off, const void *buf, size_t len)
+{
+	(void)s, (void)off, (void)buf, (void)len;
+	return 0;
+}
+
+static int shrink_zero(struct sink *s, uint64_t off, uint64_t len)
+{
+	return image_zero(((struct image_sink *)s)->img, off, len);
+}
+
+static int shrink_finish(struct sink *s)
+{
+	return image_flush(((struct image_sink *)s)->img);
+}
+
+static const struct sink_ops shrink_ops = { shrink_data, shrink_zero, shrink_finish };
+
+static int shrink_raw(struct image *img, struct copy_opts *o, struct sp_stats *st)
+{
+	struct image_sink s;
+	image_sink_init(&s, img, st, 0, 0);
+	s.base.ops = &shrink_ops;
+	return copy_run(img, &s.base, o, st);
+}
+
+static int shrink_qcow2(struct image *img, struct copy_opts *o, struct sp_stats *st)
+{
+	struct image_create_opts co;
+	memset(&co, 0, sizeof co);
+	co.cluster_size = img->granularity;
+	struct dest d;
+	if (dest_create(&d, img->path, FMT_QCOW2, img->size, &co) < 0)
+		return -1;
+	struct image_sink s;
+	image_sink_init(&s, d.img, st, 1, 0);
+	o->zero_grain = d.img->granularity;
+	if (copy_run(img, &s.base, o, st) < 0) {
+		dest_abort(&d);
+		return -1;
+	}
+	return dest_commit(&d);
+}
+
+int cmd_shrink(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'J' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "progress", no_argument, NULL, 'P' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0, 0, 0, 0 },
+	};
+	bool json = false;
+	struct copy_opts o;
+	memset(&o, 0, sizeof o);
+	int c;
+	while ((c = getopt_long(argc, argv, "qPh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'J': json = true; break;
+		case 'q': o.progress = PROGRESS_OFF; break;
+		case 'P': o.progress = PROGRESS_FORCE; break;
+		case 'h': fputs(shrink_usage, stdout); return 0;
+		default: return EXIT_USAGE;
+		}
+	}
+	if (argc - optind != 1)
+		return usage_error("shrink", "expected one IMAGE");
+	struct image *img = image_open(argv[optind], FMT_AUTO, IMAGE_RDWR);
+	if (!img)
+		return fail();
+	struct sp_stats st;
+	memset(&st, 0, sizeof st);
+	int rc = img->format == FMT_QCOW2 ? shrink_qcow2(img, &o, &st) : shrink_raw(img, &o, &st);
+	if (image_close(img) < 0)
+		rc = -1;
+	if (rc < 0)
+		return fail();
+	if (json)
+		stats_print_json(stdout, "shrink", &st);
+	return 0;
+}

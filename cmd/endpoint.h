@@ -1,0 +1,20 @@
+/* SRC/DST arguments: a local path, "-" (stdin/stdout stream), or a remote
+ * [USER@]HOST:PATH / [USER@][v6addr]:PATH as rsync and scp spell them. A
+ * colon after the first slash is part of a local path ("./a:b"). */
+#ifndef SPARSYNC_ENDPOINT_H
+#define SPARSYNC_ENDPOINT_H
+
+enum endpoint_kind { EP_LOCAL, EP_STREAM, EP_REMOTE };
+
+struct endpoint {
+	enum endpoint_kind kind;
+	char *user; /* remote only, may be NULL */
+	char *host; /* remote only, brackets removed */
+	char *path; /* local or remote path; NULL for a stream */
+};
+
+/* 0, or -1 with sp_errmsg() set for a malformed spec. */
+int endpoint_parse(const char *spec, struct endpoint *ep);
+void endpoint_free(struct endpoint *ep);
+
+#endif

@@ -1,0 +1,26 @@
+/* The copy engine: walk the source's extents one region at a time, read
+ * only data extents in blocks, split each block into non-zero data and zero
+ * runs, and hand them to a sink. Holes are never read. */
+#ifndef SPARSYNC_COPY_H
+#define SPARSYNC_COPY_H
+
+#include <stdint.h>
+
+#include "progress.h"
+#include "sink.h"
+
+struct image;
+
+#define BLOCK_SIZE_DEFAULT (1u << 20)
+#define BLOCK_SIZE_MAX (32u << 20)
+
+struct copy_opts {
+	uint32_t block_size;  /* read unit; 0 = 1 MiB */
+	uint32_t zero_grain;  /* zero detection unit; 0 = 4 KiB */
+	unsigned workers;     /* reserved for the threaded pipeline; 0 = auto */
+	enum progress_mode progress;
+};
+
+int copy_run(struct image *src, struct sink *sink, const struct copy_opts *o, struct sp_stats *st);
+
+#endif

@@ -1,0 +1,128 @@
+#include "dest.h"
+
+#include "cleanup.h"
+#include "error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char *dir_of(const char *path)
+{
+	char *copy = strdup(path);
+	if (!copy)
+		return NULL;
+	char *d = strdup(dirname(copy));
+	free(copy);
+	return d;
+}
+
+int dest_create(struct dest *d, const char *final_path, enum image_format fmt, uint64_t size,
+		const struct image_create_opts *opts)
+{
+	memset(d, 0, sizeof *d);
+	d->cleanup_slot = -1;
+	char *copy = strdup(final_path);
+	char *dir = dir_of(final_path);
+	if (!copy || !dir) {
+		free(copy);
+		free(dir);
+		return sp_err("%s: out of memory", final_path);
+	}
+	const char *base = basename(copy);
+	size_t len = strlen(dir) + strlen(base) + 32;
+	d->tmp_path = malloc(len);
+	d->final_path = strdup(final_path);
+	if (!d->tmp_path || !d->final_path) {
+		free(copy);
+		free(dir);
+		dest_abort(d);
+		return sp_err("%s: out of memory", final_path);
+	}
+	snprintf(d->tmp_path, len, "%s/.%s.sparsync-XXXXXX", dir, base);
+	free(copy);
+	free(dir);
+
+	int fd = mkstemp(d->tmp_path);
+	if (fd < 0) {
+		int e = errno;
+		free(d->tmp_path);
+		d->tmp_path = NULL;
+		dest_abort(d);
+		errno = e;
+		if (e == ENOENT)
+			return sp_err("%s: directory does not exist", final_path);
+		return sp_err("%s: cannot create: %s", final_path, strerror(e));
+	}
+	close(fd);
+	d->cleanup_slot = cleanup_register(d->tmp_path);
+	d->img = image_create(d->tmp_path, fmt, size, opts);
+	if (!d->img) {
+		/* Say which file the user named, not our temporary one. */
+		char msg[1024];
+		const char *m = sp_errmsg();
+		size_t tl = strlen(d->tmp_path);
+		if (strncmp(m, d->tmp_path, tl) == 0)
+			m += tl + (m[tl] == ':' ? 2 : 0);
+		snprintf(msg, sizeof msg, "%s", m);
+		sp_err("%s: %s", final_path, msg);
+		dest_abort(d);
+		return -1;
+	}
+	return 0;
+}
+
+static void dest_free(struct dest *d)
+{
+	cleanup_forget(d->cleanup_slot);
+	d->cleanup_slot = -1;
+	free(d->tmp_path);
+	free(d->final_path);
+	d->tmp_path = d->final_path = NULL;
+	d->img = NULL;
+}
+
+int dest_commit(struct dest *d)
+{
+	int rc = image_flush(d->img);
+	if (image_close(d->img) < 0)
+		rc = -1;
+	d->img = NULL;
+	if (rc == 0 && rename(d->tmp_path, d->final_path) < 0)
+		rc = sp_err("%s: rename from temporary file: %s", d->final_path, strerror(errno));
+	if (rc < 0) {
+		dest_abort(d);
+		return -1;
+	}
+	/* The rename is only durable once the directory is. */
+	char *dir = dir_of(d->final_path);
+	if (dir) {
+		int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd >= 0) {
+			fsync(fd);
+			close(fd);
+		}
+		free(dir);
+	}
+	dest_free(d);
+	return 0;
+}
+
+void dest_abort(struct dest *d)
+{
+	/* Keep the error that made us abort, not one from tearing down. */
+	char saved[1024];
+	snprintf(saved, sizeof saved, "%s", sp_errmsg());
+	if (d->img) {
+		image_close(d->img);
+		d->img = NULL;
+	}
+	sp_err("%s", saved);
+	if (d->tmp_path)
+		unlink(d->tmp_path);
+	dest_free(d);
+}

@@ -1,0 +1,21 @@
+/* Errors as values: a failing call returns -1 and leaves one line of text
+ * ("FILE: what is wrong") in a per-thread buffer, so worker threads never
+ * race on a shared message and the command layer decides how to print it. */
+#ifndef SPARSYNC_ERROR_H
+#define SPARSYNC_ERROR_H
+
+#include <stdarg.h>
+
+/* Set the message; always returns -1 so callers can `return sp_err(...)`. */
+int sp_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "WHAT: strerror(errno)" using the errno value at call time. */
+int sp_err_errno(const char *what);
+/* Prefix the current message with "WHO: " unless it already starts so. */
+int sp_err_prefix(const char *who);
+const char *sp_errmsg(void);
+void sp_err_clear(void);
+
+/* Print "sparsync: MSG" on stderr (one line). */
+void sp_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,84 @@
+#include "sink.h"
+
+#include "../formats/image.h"
+#include "error.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* In compare mode, write only the grains that differ from what the image
+ * already holds: a nightly re-copy touches a few blocks, not the disk. */
+static int write_changed(struct image_sink *s, uint64_t off, const unsigned char *buf, size_t len)
+{
+	unsigned char *old = malloc(len);
+	if (!old)
+		return sp_err("%s: out of memory", s->img->path);
+	int rc = image_pread(s->img, old, len, off);
+	size_t pos = 0;
+	bool changed = false;
+	while (rc == 0 && pos < len) {
+		size_t n = len - pos < s->grain ? len - pos : s->grain;
+		if (memcmp(old + pos, buf + pos, n) == 0) {
+			stats_add(s->base.stats->bytes_unchanged, n);
+			pos += n;
+			continue;
+		}
+		/* Extend over the following differing grains: one write per run. */
+		size_t end = pos + n;
+		while (end < len) {
+			size_t m = len - end < s->grain ? len - end : s->grain;
+			if (memcmp(old + end, buf + end, m) == 0)
+				break;
+			end += m;
+		}
+		rc = image_pwrite(s->img, buf + pos, end - pos, off + pos);
+		stats_add(s->base.stats->bytes_written, end - pos);
+		changed = true;
+		pos = end;
+	}
+	if (changed)
+		stats_add(s->base.stats->blocks_changed, 1);
+	free(old);
+	return rc;
+}
+
+static int sink_image_data(struct sink *base, uint64_t off, const void *buf, size_t len)
+{
+	struct image_sink *s = (struct image_sink *)base;
+	if (s->compare)
+		return write_changed(s, off, buf, len);
+	stats_add(base->stats->bytes_written, len);
+	return image_pwrite(s->img, buf, len, off);
+}
+
+static int sink_image_zero(struct sink *base, uint64_t off, uint64_t len)
+{
+	struct image_sink *s = (struct image_sink *)base;
+	if (s->fresh)
+		return 0;
+	return image_zero(s->img, off, len);
+}
+
+static int sink_image_finish(struct sink *base)
+{
+	struct image_sink *s = (struct image_sink *)base;
+	return image_flush(s->img);
+}
+
+static const struct sink_ops image_sink_ops = {
+	.data = sink_image_data,
+	.zero = sink_image_zero,
+	.finish = sink_image_finish,
+};
+
+void image_sink_init(struct image_sink *s, struct image *img, struct sp_stats *st,
+		     int fresh, int compare)
+{
+	memset(s, 0, sizeof *s);
+	s->base.ops = &image_sink_ops;
+	s->base.stats = st;
+	s->img = img;
+	s->fresh = fresh;
+	s->compare = compare;
+	s->grain = img->granularity > 4096 ? img->granularity : 4096;
+}

@@ -1,0 +1,55 @@
+#include "stats.h"
+
+#include <time.h>
+
+double now_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+const char *human_bytes(uint64_t n, char *buf, size_t len)
+{
+	static const char *unit[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+	double v = (double)n;
+	int u = 0;
+	while (v >= 1024 && u < 5) {
+		v /= 1024;
+		u++;
+	}
+	if (u == 0)
+		snprintf(buf, len, "%llu B", (unsigned long long)n);
+	else
+		snprintf(buf, len, "%.1f %s", v, unit[u]);
+	return buf;
+}
+
+void stats_print_json(FILE *f, const char *op, const struct sp_stats *s)
+{
+	fprintf(f,
+		"{\"operation\":\"%s\",\"bytes_virtual\":%llu,\"bytes_read\":%llu,"
+		"\"bytes_written\":%llu,\"bytes_zero\":%llu,\"bytes_data\":%llu,"
+		"\"bytes_sent\":%llu,\"bytes_received\":%llu,\"blocks_changed\":%llu,"
+		"\"bytes_unchanged\":%llu,\"seconds\":%.3f}\n",
+		op, (unsigned long long)s->bytes_virtual, (unsigned long long)s->bytes_read,
+		(unsigned long long)s->bytes_written, (unsigned long long)s->bytes_zero,
+		(unsigned long long)s->bytes_data, (unsigned long long)s->bytes_sent,
+		(unsigned long long)s->bytes_received, (unsigned long long)s->blocks_changed,
+		(unsigned long long)s->bytes_unchanged, s->seconds);
+	fflush(f);
+}
+
+void stats_print_human(FILE *f, const char *op, const struct sp_stats *s)
+{
+	char v[32], r[32], w[32], z[32];
+	fprintf(f, "%s: %s virtual, %s read, %s written, %s zero/holes skipped",
+		op, human_bytes(s->bytes_virtual, v, sizeof v), human_bytes(s->bytes_read, r, sizeof r),
+		human_bytes(s->bytes_written, w, sizeof w), human_bytes(s->bytes_zero, z, sizeof z));
+	if (s->bytes_sent || s->bytes_received) {
+		char a[32], b[32];
+		fprintf(f, ", %s sent, %s received", human_bytes(s->bytes_sent, a, sizeof a),
+			human_bytes(s->bytes_received, b, sizeof b));
+	}
+	fprintf(f, " in %.2f s\n", s->seconds);
+}

@@ -1,0 +1,31 @@
+/* What an operation did, counted as it goes and printed once at the end
+ * (human line or one JSON object for --json). Counters are updated from
+ * several threads, so use stats_add(). */
+#ifndef SPARSYNC_STATS_H
+#define SPARSYNC_STATS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+struct sp_stats {
+	uint64_t bytes_virtual;   /* virtual size of the source */
+	uint64_t bytes_read;      /* bytes read from the source file(s) */
+	uint64_t bytes_written;   /* data bytes written to the destination */
+	uint64_t bytes_zero;      /* bytes that were holes/zeros (never written as data) */
+	uint64_t bytes_data;      /* non-zero data bytes seen at the source */
+	uint64_t bytes_sent;      /* bytes on the wire, outgoing */
+	uint64_t bytes_received;  /* bytes on the wire, incoming */
+	uint64_t blocks_changed;  /* sync: blocks that differed */
+	uint64_t bytes_unchanged; /* sync: data bytes already identical */
+	double seconds;
+};
+
+#define stats_add(field, n) __atomic_add_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)
+
+double now_seconds(void);
+void stats_print_json(FILE *f, const char *op, const struct sp_stats *s);
+void stats_print_human(FILE *f, const char *op, const struct sp_stats *s);
+/* "1.5 GiB" style, into buf. */
+const char *human_bytes(uint64_t n, char *buf, size_t len);
+
+#endif

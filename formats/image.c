@@ -1,0 +1,174 @@
+#include "image.h"
+
+#include "../core/error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+const char *image_format_name(enum image_format f)
+{
+	switch (f) {
+	case FMT_RAW: return "raw";
+	case FMT_QCOW2: return "qcow2";
+	default: return "auto";
+	}
+}
+
+enum image_format image_format_parse(const char *s)
+{
+	if (strcmp(s, "raw") == 0)
+		return FMT_RAW;
+	if (strcmp(s, "qcow2") == 0)
+		return FMT_QCOW2;
+	return FMT_AUTO;
+}
+
+enum image_format image_detect_fd(int fd)
+{
+	unsigned char magic[4];
+	ssize_t n = pread(fd, magic, sizeof magic, 0);
+	if (n == 4 && memcmp(magic, "QFI\xfb", 4) == 0)
+		return FMT_QCOW2;
+	return FMT_RAW;
+}
+
+struct image *image_open(const char *path, enum image_format fmt, int flags)
+{
+	bool rw = flags & IMAGE_RDWR;
+	int fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (fd < 0) {
+		sp_err("%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		sp_err("%s: %s", path, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		sp_err("%s: is a directory", path);
+		close(fd);
+		return NULL;
+	}
+	if (fmt == FMT_AUTO)
+		fmt = image_detect_fd(fd);
+	/* Constructors own fd from here on, closing it on failure. */
+	switch (fmt) {
+	case FMT_QCOW2: return qcow2_open(path, fd, rw);
+	default: return raw_open(path, fd, rw);
+	}
+}
+
+struct image *image_create(const char *path, enum image_format fmt, uint64_t size,
+			   const struct image_create_opts *opts)
+{
+	static const struct image_create_opts defaults;
+	if (!opts)
+		opts = &defaults;
+	if (fmt == FMT_QCOW2)
+		return qcow2_create(path, size, opts);
+	return raw_create(path, size);
+}
+
+struct image *image_alloc(const struct image_ops *ops, const char *path, int fd,
+			  enum image_format fmt)
+{
+	struct image *img = calloc(1, sizeof *img);
+	if (!img || !(img->path = strdup(path))) {
+		free(img);
+		sp_err("%s: out of memory", path);
+		return NULL;
+	}
+	img->ops = ops;
+	img->fd = fd;
+	img->format = fmt;
+	img->granularity = 4096;
+	return img;
+}
+
+void image_free(struct image *img)
+{
+	if (!img)
+		return;
+	free(img->path);
+	free(img);
+}
+
+int image_resize(struct image *i, uint64_t new_size)
+{
+	if (!i->ops->resize)
+		return sp_err("%s: %s images cannot be resized", i->path, i->ops->name);
+	return i->ops->resize(i, new_size);
+}
+
+int image_close(struct image *i)
+{
+	if (!i)
+		return 0;
+	return i->ops->close(i);
+}
+
+int full_pread(int fd, void *buf, size_t len, uint64_t off, const char *path)
+{
+	char *p = buf;
+	while (len > 0) {
+		ssize_t n = pread(fd, p, len, (off_t)off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return sp_err("%s: read at offset %llu: %s", path,
+				      (unsigned long long)off, strerror(errno));
+		}
+		if (n == 0)
+			return sp_err("%s: unexpected end of file at offset %llu (file truncated?)",
+				      path, (unsigned long long)off);
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int full_pwrite(int fd, const void *buf, size_t len, uint64_t off, const char *path)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = pwrite(fd, p, len, (off_t)off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return sp_err("%s: write at offset %llu: %s", path,
+				      (unsigned long long)off, strerror(errno));
+		}
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+	size_t a = strlen(s), b = strlen(suffix);
+	return a >= b && strcasecmp(s + a - b, suffix) == 0;
+}
+
+enum image_format image_output_format(enum image_format forced, const char *dst_path,
+				      enum image_format existing, enum image_format src)
+{
+	if (forced != FMT_AUTO)
+		return forced;
+	if (dst_path && ends_with(dst_path, ".qcow2"))
+		return FMT_QCOW2;
+	if (dst_path && (ends_with(dst_path, ".raw") || ends_with(dst_path, ".img")))
+		return FMT_RAW;
+	if (existing != FMT_AUTO)
+		return existing;
+	return src != FMT_AUTO ? src : FMT_RAW;
+}

@@ -1,0 +1,126 @@
+/* One interface for every disk image kind (nbdcopy's `struct rw` idea):
+ * the copy engine asks for extents one region at a time and reads/writes
+ * blocks without ever asking which kind of image it holds.
+ *
+ * Every call returns 0 on success or -1 with sp_errmsg() set to a line that
+ * already names the file. pread/pwrite on one image may be called from
+ * several threads at once at different offsets. */
+#ifndef SPARSYNC_IMAGE_H
+#define SPARSYNC_IMAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum image_format { FMT_AUTO = 0, FMT_RAW, FMT_QCOW2 };
+
+enum extent_kind {
+	EXTENT_DATA, /* allocated: must be read */
+	EXTENT_ZERO, /* reads as zeros, allocation state says so (qcow2 zero flag) */
+	EXTENT_HOLE, /* unallocated, reads as zeros */
+};
+
+struct extent {
+	uint64_t offset;
+	uint64_t length;
+	enum extent_kind kind;
+};
+
+enum cluster_codec { CODEC_NONE = 0, CODEC_ZLIB, CODEC_ZSTD };
+
+struct image_create_opts {
+	uint32_t cluster_size;          /* qcow2; 0 = 64 KiB */
+	enum cluster_codec compress;    /* qcow2 compressed clusters */
+	const char *backing;            /* qcow2 overlay: backing file as stored in the header */
+	enum image_format backing_format;
+};
+
+struct image;
+
+struct image_ops {
+	const char *name;
+	/* The longest run of one kind starting at off (off < size). May stop
+	 * early (e.g. at an L2 table boundary); callers just ask again. */
+	int (*extent)(struct image *, uint64_t off, struct extent *out);
+	/* Exactly len bytes at off; off + len <= size. */
+	int (*pread)(struct image *, void *buf, size_t len, uint64_t off);
+	int (*pwrite)(struct image *, const void *buf, size_t len, uint64_t off);
+	/* Afterwards the range reads as zeros, deallocated where the format can. */
+	int (*zero)(struct image *, uint64_t off, uint64_t len);
+	int (*resize)(struct image *, uint64_t new_size);
+	int (*flush)(struct image *);
+	/* Frees everything; -1 if writing out final metadata failed. */
+	int (*close)(struct image *);
+};
+
+struct image {
+	const struct image_ops *ops;
+	char *path;
+	enum image_format format;
+	uint64_t size;          /* virtual size in bytes */
+	uint32_t granularity;   /* allocation unit: qcow2 cluster, raw 4096 */
+	bool writable;
+	int fd;
+	uint64_t bytes_read;    /* bytes actually read from the underlying file(s) */
+	void *priv;
+};
+
+enum image_open_flags { IMAGE_RDONLY = 0, IMAGE_RDWR = 1 };
+
+const char *image_format_name(enum image_format f);
+/* "raw" / "qcow2" -> format; FMT_AUTO when unknown. */
+enum image_format image_format_parse(const char *s);
+/* Sniff the magic of an open fd: FMT_QCOW2 or FMT_RAW. */
+enum image_format image_detect_fd(int fd);
+
+struct image *image_open(const char *path, enum image_format fmt, int flags);
+struct image *image_create(const char *path, enum image_format fmt, uint64_t size,
+			   const struct image_create_opts *opts);
+
+/* Per-format constructors; image_open/image_create dispatch to them. */
+struct image *raw_open(const char *path, int fd, bool writable);
+struct image *raw_create(const char *path, uint64_t size);
+struct image *qcow2_open(const char *path, int fd, bool writable);
+struct image *qcow2_create(const char *path, uint64_t size, const struct image_create_opts *opts);
+
+/* Helpers for implementations. */
+struct image *image_alloc(const struct image_ops *ops, const char *path, int fd,
+			  enum image_format fmt);
+void image_free(struct image *img);
+/* pread/pwrite loops that retry short transfers and name the file on error. */
+int full_pread(int fd, void *buf, size_t len, uint64_t off, const char *path);
+int full_pwrite(int fd, const void *buf, size_t len, uint64_t off, const char *path);
+
+static inline int image_extent(struct image *i, uint64_t off, struct extent *e)
+{
+	return i->ops->extent(i, off, e);
+}
+static inline int image_pread(struct image *i, void *buf, size_t len, uint64_t off)
+{
+	return i->ops->pread(i, buf, len, off);
+}
+static inline int image_pwrite(struct image *i, const void *buf, size_t len, uint64_t off)
+{
+	return i->ops->pwrite(i, buf, len, off);
+}
+static inline int image_zero(struct image *i, uint64_t off, uint64_t len)
+{
+	return i->ops->zero(i, off, len);
+}
+static inline int image_flush(struct image *i)
+{
+	return i->ops->flush(i);
+}
+int image_resize(struct image *i, uint64_t new_size);
+/* Closes and frees; NULL is fine. */
+int image_close(struct image *i);
+
+
+
+/* DESIGN.md's rule: -O wins; else the destination's extension (.qcow2 ->
+ * qcow2; .raw/.img -> raw); else an existing destination's own format (or
+ * FMT_AUTO if none); else the source's format. */
+enum image_format image_output_format(enum image_format forced, const char *dst_path,
+				      enum image_format existing, enum image_format src);
+
+#endif

@@ -1,0 +1,62 @@
+# Shared helpers for integration tests. Source it; then use pass/fail/check.
+# Every result is one line "PASS: ..." or "FAIL: ..."; tests/run.sh counts them.
+set -u
+TOP=${TOP:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+SPARSYNC=${SPARSYNC:-$TOP/sparsync}
+TEST_NAME=$(basename "$0" .sh)
+T=$(mktemp -d "${SPARSYNC_TEST_TMP:-/tmp}/sparsync-$TEST_NAME.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+
+pass() { echo "PASS: $TEST_NAME: $*"; }
+fail() { echo "FAIL: $TEST_NAME: $*"; }
+
+# check NAME CMD...: pass when CMD exits 0.
+check() {
+	local name=$1; shift
+	if "$@" >"$T/.out" 2>&1; then pass "$name"; else
+		fail "$name (command: $*)"; sed 's/^/    | /' "$T/.out" | head -20
+	fi
+}
+
+# check_fails NAME CMD...: pass when CMD exits non-zero (and not by a signal
+# or sanitizer abort, which show as >= 124).
+check_fails() {
+	local name=$1; shift
+	"$@" >"$T/.out" 2>&1; local rc=$?
+	if [ $rc -ne 0 ] && [ $rc -lt 124 ]; then pass "$name"; else
+		fail "$name (exit $rc, command: $*)"; sed 's/^/    | /' "$T/.out" | head -20
+	fi
+}
+
+# Last output of check/check_fails, for follow-up assertions.
+last_output() { cat "$T/.out"; }
+
+# Allocated bytes of a file.
+allocated() { echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); }
+
+# JSON field of a one-line object, e.g. json_field bytes_read < out.json
+json_field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+
+# Byte ranges holding data per `qemu-img map`, as "start end" lines merged.
+qemu_data_ranges() {
+	qemu-img map --output=json "$@" | python3 -c '
+import json,sys
+r=[]
+for e in json.load(sys.stdin):
+    if e["data"]:
+        s,l=e["start"],e["length"]
+        if r and r[-1][1]==s: r[-1][1]=s+l
+        else: r.append([s,s+l])
+for s,e in r: print(s,e)'
+}
+sparsync_data_ranges() {
+	"$SPARSYNC" map --json "$@" | python3 -c '
+import json,sys
+r=[]
+for e in json.load(sys.stdin):
+    if e["data"]:
+        s,l=e["start"],e["length"]
+        if r and r[-1][1]==s: r[-1][1]=s+l
+        else: r.append([s,s+l])
+for s,e in r: print(s,e)'
+}

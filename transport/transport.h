@@ -1,0 +1,62 @@
+/* A byte stream to the other half of sparsync: a libssh2 channel running
+ * `sparsync serve` (ssh.c), an external command such as `ssh -p 2222 host`
+ * (exec.c), or plain file descriptors for stdin/stdout and archive files
+ * (fd.c). The protocol code sees only this interface.
+ * Every call returns -1 with sp_errmsg() set on failure. */
+#ifndef SPARSYNC_TRANSPORT_H
+#define SPARSYNC_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct transport;
+
+struct transport_ops {
+	/* Up to len bytes; 0 at end of stream. Blocks until something arrives. */
+	ssize_t (*read)(struct transport *, void *buf, size_t len);
+	/* All len bytes, or -1. */
+	int (*write)(struct transport *, const void *buf, size_t len);
+	/* No more writes: the peer reads end of stream. */
+	int (*close_write)(struct transport *);
+	/* Wait for the peer to finish and free everything. *status gets the
+	 * remote command's exit status (0 for fd transports); -1 if the
+	 * status could not be learned. */
+	int (*close)(struct transport *, int *status);
+};
+
+struct transport {
+	const struct transport_ops *ops;
+	char *name;             /* for messages: "host", "stdin", a file name */
+	uint64_t bytes_in;      /* counted by the implementation */
+	uint64_t bytes_out;
+	uint64_t bwlimit;       /* bytes per second for writes, 0 = none */
+};
+
+/* Options for reaching a remote host (built-in client or -e command). */
+struct remote_opts {
+	const char *host;
+	const char *user;         /* NULL = current user / ssh config */
+	int port;                 /* 0 = 22 / ssh config */
+	const char *identity;     /* -i */
+	const char *known_hosts;  /* NULL = ~/.ssh/known_hosts */
+	int accept_new_host_key;
+	const char *rsh;          /* -e command, NULL = built-in libssh2 client */
+};
+
+/* Run `command` on the remote host; its stdin/stdout become the stream and
+ * its stderr is copied to ours. */
+struct transport *transport_ssh_open(const struct remote_opts *o, const char *command);
+struct transport *transport_exec_open(const struct remote_opts *o, const char *command);
+struct transport *transport_fd_open(int rfd, int wfd, const char *name);
+
+static inline ssize_t transport_read(struct transport *t, void *buf, size_t len)
+{
+	return t->ops->read(t, buf, len);
+}
+int transport_write(struct transport *t, const void *buf, size_t len); /* counts, applies bwlimit */
+/* Read exactly len bytes; end of stream first is an error naming t. */
+int transport_read_full(struct transport *t, void *buf, size_t len);
+int transport_close(struct transport *t, int *status);
+
+#endif
