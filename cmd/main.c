@@ -4,7 +4,6 @@
 #include "../core/cleanup.h"
 #include "../core/error.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -19,23 +18,6 @@ static const char usage_text[] =
 	"  serve                    the remote half, started over ssh by copy\n"
 	"\n"
 	"Run 'sparsync COMMAND --help' for a command's options; see sparsync(1).\n";
-
-int usage_error(const char *cmd, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "sparsync %s: %s (try 'sparsync %s --help')\n", cmd, msg, cmd);
-	return EXIT_USAGE;
-}
-
-int fail(void)
-{
-	fprintf(stderr, "sparsync: %s\n", sp_errmsg());
-	return EXIT_FAIL;
-}
 
 int main(int argc, char **argv)
 {

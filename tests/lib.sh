@@ -16,6 +16,7 @@ check() {
 	if "$@" >"$T/.out" 2>&1; then pass "$name"; else
 		fail "$name (command: $*)"; sed 's/^/    | /' "$T/.out" | head -20
 	fi
+	cp "$T/.out" "$T/.last"
 }
 
 # check_fails NAME CMD...: pass when CMD exits non-zero (and not by a signal
@@ -26,10 +27,21 @@ check_fails() {
 	if [ $rc -ne 0 ] && [ $rc -lt 124 ]; then pass "$name"; else
 		fail "$name (exit $rc, command: $*)"; sed 's/^/    | /' "$T/.out" | head -20
 	fi
+	cp "$T/.out" "$T/.last"
 }
 
-# Last output of check/check_fails, for follow-up assertions.
-last_output() { cat "$T/.out"; }
+# Output of the previous check/check_fails, for follow-up assertions
+# (also in the file $T/.last, which a following `check ... grep` can read).
+last_output() { cat "$T/.last"; }
+
+# range_is_hole FILE START LEN: no data (per qemu-img map) in [START, START+LEN).
+range_is_hole() {
+	qemu-img map --output=json "$1" | python3 -c '
+import json,sys
+s,l=int(sys.argv[1]),int(sys.argv[2])
+bad=[e for e in json.load(sys.stdin) if e["data"] and e["start"]<s+l and e["start"]+e["length"]>s]
+sys.exit(1 if bad else 0)' "$2" "$3"
+}
 
 # Allocated bytes of a file.
 allocated() { echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); }
