@@ -1,14 +1,46 @@
+/* The copy pipeline: one thread walks the source's extents in order and
+ * queues data ranges (never reading a hole); a pool of workers reads each
+ * block, splits it into zero and non-zero runs and hands them to the sink
+ * (which may hash, compress and write, all in parallel). The queue is
+ * bounded and each worker owns one block buffer, so memory stays at
+ * workers x block size whatever the image size. Blocks are independent:
+ * the sink may receive them in any order. */
 #include "copy.h"
 
 #include "../formats/image.h"
 #include "error.h"
 #include "zero.h"
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_WORKERS 64
+
+struct task {
+	uint64_t off;
+	size_t len;
+};
+
+struct pipeline {
+	struct image *src;
+	struct sink *sink;
+	struct sp_stats *st;
+	size_t bs, grain;
+
+	pthread_mutex_t lock;
+	pthread_cond_t not_empty, not_full;
+	struct task *ring;
+	size_t cap, head, count;
+	bool closed;   /* reader is done queueing */
+	bool failed;   /* stop everyone */
+	char errmsg[1024];
+};
 
 /* Deliver one block read from the source: zero grains become zero ranges,
- * the rest is data. Aligned grains keep holes where the filesystem can
- * make them. */
+ * the rest is data. */
 static int deliver_block(struct sink *sink, uint64_t off, const unsigned char *buf, size_t len,
 			 size_t grain, struct sp_stats *st)
 {
@@ -31,13 +63,134 @@ static int deliver_block(struct sink *sink, uint64_t off, const unsigned char *b
 	return 0;
 }
 
+static void pipeline_fail(struct pipeline *p)
+{
+	pthread_mutex_lock(&p->lock);
+	if (!p->failed) {
+		p->failed = true;
+		snprintf(p->errmsg, sizeof p->errmsg, "%s", sp_errmsg());
+	}
+	pthread_cond_broadcast(&p->not_empty);
+	pthread_cond_broadcast(&p->not_full);
+	pthread_mutex_unlock(&p->lock);
+}
+
+static void *worker(void *arg)
+{
+	struct pipeline *p = arg;
+	unsigned char *buf = malloc(p->bs);
+	if (!buf) {
+		sp_err("out of memory for a block buffer");
+		pipeline_fail(p);
+		return NULL;
+	}
+	for (;;) {
+		pthread_mutex_lock(&p->lock);
+		while (p->count == 0 && !p->closed && !p->failed)
+			pthread_cond_wait(&p->not_empty, &p->lock);
+		if (p->failed || p->count == 0) {
+			pthread_mutex_unlock(&p->lock);
+			break;
+		}
+		struct task t = p->ring[p->head];
+		p->head = (p->head + 1) % p->cap;
+		p->count--;
+		pthread_cond_signal(&p->not_full);
+		pthread_mutex_unlock(&p->lock);
+
+		if (image_pread(p->src, buf, t.len, t.off) < 0 ||
+		    deliver_block(p->sink, t.off, buf, t.len, p->grain, p->st) < 0) {
+			pipeline_fail(p);
+			break;
+		}
+	}
+	free(buf);
+	return NULL;
+}
+
+/* Returns false when the pipeline failed and the reader must stop. */
+static bool enqueue(struct pipeline *p, uint64_t off, size_t len)
+{
+	pthread_mutex_lock(&p->lock);
+	while (p->count == p->cap && !p->failed)
+		pthread_cond_wait(&p->not_full, &p->lock);
+	bool ok = !p->failed;
+	if (ok) {
+		p->ring[(p->head + p->count) % p->cap] = (struct task){ off, len };
+		p->count++;
+		pthread_cond_signal(&p->not_empty);
+	}
+	pthread_mutex_unlock(&p->lock);
+	return ok;
+}
+
+static unsigned default_workers(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (unsigned)n;
+}
+
+/* The reader: walk extents, queue data blocks, send zero ranges directly.
+ * Blocks end on multiples of bs so that the same bytes land in the same
+ * blocks on every run (stable hashes for sync). */
+static void read_extents(struct pipeline *p, struct progress *prog)
+{
+	struct image *src = p->src;
+	uint64_t pos = 0;
+	while (pos < src->size) {
+		struct extent e;
+		if (image_extent(src, pos, &e) < 0) {
+			pipeline_fail(p);
+			return;
+		}
+		if (e.length == 0 || e.offset != pos) {
+			sp_err("%s: extent map made no progress at offset %llu", src->path,
+			       (unsigned long long)pos);
+			pipeline_fail(p);
+			return;
+		}
+		uint64_t end = e.offset + e.length;
+		if (end > src->size)
+			end = src->size;
+		if (e.kind != EXTENT_DATA) {
+			if (p->sink->ops->zero(p->sink, pos, end - pos) < 0) {
+				pipeline_fail(p);
+				return;
+			}
+			stats_add(p->st->bytes_zero, end - pos);
+			pos = end;
+		}
+		while (pos < end) {
+			uint64_t next = (pos / p->bs + 1) * p->bs;
+			size_t n = (size_t)((next < end ? next : end) - pos);
+			if (!enqueue(p, pos, n))
+				return;
+			pos += n;
+			progress_update(prog, pos, p->st);
+		}
+		progress_update(prog, pos, p->st);
+	}
+}
+
 int copy_run(struct image *src, struct sink *sink, const struct copy_opts *o, struct sp_stats *st)
 {
-	uint64_t bs = o->block_size ? o->block_size : BLOCK_SIZE_DEFAULT;
-	size_t grain = o->zero_grain ? o->zero_grain : 4096;
-	unsigned char *buf = malloc(bs);
-	if (!buf)
-		return sp_err("out of memory for a %llu-byte block", (unsigned long long)bs);
+	struct pipeline p;
+	memset(&p, 0, sizeof p);
+	p.src = src;
+	p.sink = sink;
+	p.st = st;
+	p.bs = o->block_size ? o->block_size : BLOCK_SIZE_DEFAULT;
+	p.grain = o->zero_grain ? o->zero_grain : 4096;
+	unsigned nw = o->workers ? o->workers : default_workers();
+	if (nw > MAX_WORKERS)
+		nw = MAX_WORKERS;
+	p.cap = 2 * (size_t)nw;
+	p.ring = calloc(p.cap, sizeof *p.ring);
+	if (!p.ring)
+		return sp_err("out of memory");
+	pthread_mutex_init(&p.lock, NULL);
+	pthread_cond_init(&p.not_empty, NULL);
+	pthread_cond_init(&p.not_full, NULL);
 
 	struct progress prog;
 	progress_init(&prog, o->progress, src->size);
@@ -45,44 +198,37 @@ int copy_run(struct image *src, struct sink *sink, const struct copy_opts *o, st
 	st->bytes_virtual = src->size;
 	uint64_t read0 = src->bytes_read;
 
-	int rc = 0;
-	uint64_t pos = 0;
-	while (rc == 0 && pos < src->size) {
-		struct extent e;
-		if ((rc = image_extent(src, pos, &e)) < 0)
-			break;
-		if (e.length == 0 || e.offset != pos) {
-			rc = sp_err("%s: extent map made no progress at offset %llu", src->path,
-				    (unsigned long long)pos);
+	pthread_t tid[MAX_WORKERS];
+	unsigned started = 0;
+	for (; started < nw; started++) {
+		if (pthread_create(&tid[started], NULL, worker, &p) != 0) {
+			sp_err("cannot start worker threads");
+			pipeline_fail(&p);
 			break;
 		}
-		uint64_t end = e.offset + e.length;
-		if (end > src->size)
-			end = src->size;
-		if (e.kind != EXTENT_DATA) {
-			rc = sink->ops->zero(sink, pos, end - pos);
-			stats_add(st->bytes_zero, end - pos);
-			pos = end;
-		} else {
-			/* Blocks end on multiples of bs so that the same bytes land in
-			 * the same blocks on every run (stable hashes for sync). */
-			while (rc == 0 && pos < end) {
-				uint64_t next = (pos / bs + 1) * bs;
-				size_t n = (size_t)((next < end ? next : end) - pos);
-				rc = image_pread(src, buf, n, pos);
-				if (rc == 0)
-					rc = deliver_block(sink, pos, buf, n, grain, st);
-				pos += n;
-				progress_update(&prog, pos, st);
-			}
-		}
-		progress_update(&prog, pos, st);
 	}
-	if (rc == 0)
-		rc = sink->ops->finish(sink);
+	if (started > 0)
+		read_extents(&p, &prog);
+
+	pthread_mutex_lock(&p.lock);
+	p.closed = true;
+	pthread_cond_broadcast(&p.not_empty);
+	pthread_mutex_unlock(&p.lock);
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(tid[i], NULL);
+
+	int rc = 0;
+	if (p.failed)
+		rc = sp_err("%s", p.errmsg);
+	else if (sink->ops->finish(sink) < 0)
+		rc = -1;
 	progress_end(&prog);
 	st->bytes_read += src->bytes_read - read0;
 	st->seconds = now_seconds() - t0;
-	free(buf);
+
+	pthread_cond_destroy(&p.not_full);
+	pthread_cond_destroy(&p.not_empty);
+	pthread_mutex_destroy(&p.lock);
+	free(p.ring);
 	return rc;
 }

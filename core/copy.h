@@ -17,7 +17,7 @@ struct image;
 struct copy_opts {
 	uint32_t block_size;  /* read unit; 0 = 1 MiB */
 	uint32_t zero_grain;  /* zero detection unit; 0 = 4 KiB */
-	unsigned workers;     /* reserved for the threaded pipeline; 0 = auto */
+	unsigned workers;     /* reader threads hashing/compressing blocks; 0 = cores */
 	enum progress_mode progress;
 };
 
