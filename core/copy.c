@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MAX_WORKERS 64
@@ -172,6 +173,19 @@ static void read_extents(struct pipeline *p, struct progress *prog)
 	}
 }
 
+/* A raw source that grows or shrinks while we copy (a running VM, a
+ * concurrent writer) gives a copy of no consistent moment: say so. */
+static int source_changed_size(const struct image *src)
+{
+	struct stat st;
+	if (src->format != FMT_RAW || fstat(src->fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return 0;
+	if ((uint64_t)st.st_size != src->size)
+		return sp_err("%s: source changed size during the copy (%llu -> %llu bytes)", src->path,
+			      (unsigned long long)src->size, (unsigned long long)st.st_size);
+	return 0;
+}
+
 int copy_run(struct image *src, struct sink *sink, const struct copy_opts *o, struct sp_stats *st)
 {
 	struct pipeline p;
@@ -220,6 +234,8 @@ int copy_run(struct image *src, struct sink *sink, const struct copy_opts *o, st
 	int rc = 0;
 	if (p.failed)
 		rc = sp_err("%s", p.errmsg);
+	else if (source_changed_size(src) < 0)
+		rc = -1;
 	else if (sink->ops->finish(sink) < 0)
 		rc = -1;
 	progress_end(&prog);

@@ -73,6 +73,12 @@ int dest_create(struct dest *d, const char *final_path, enum image_format fmt, u
 		dest_abort(d);
 		return -1;
 	}
+	/* Messages name the file the user asked for, not our temporary one. */
+	char *shown = strdup(final_path);
+	if (shown) {
+		free(d->img->path);
+		d->img->path = shown;
+	}
 	return 0;
 }
 
