@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs every test: unit tests (normal and ASan+UBSan builds), then the
-# integration scripts against ./sparsync and again against ./sparsync-asan.
+# integration scripts against ./sparsync, again against ./sparsync-asan, and
+# again under valgrind.
 # Prints each test's PASS/FAIL lines and ends with "N passed, N failed".
 # TESTS="name ..." runs only those integration scripts.
 set -u
@@ -43,6 +44,16 @@ for s in $scripts; do
 	echo "== $s (ASan+UBSan)"
 	run_one "$s (asan)" env SPARSYNC="$TOP/sparsync-asan" SANITIZER=1 bash "$s"
 done
+
+# The valgrind pass: memcheck on the binary (no leaks, no invalid accesses).
+if command -v valgrind >/dev/null; then
+	for s in $scripts; do
+		echo "== $s (valgrind)"
+		run_one "$s (valgrind)" env SPARSYNC="$TOP/tests/valgrind-sparsync" SANITIZER=1 bash "$s"
+	done
+else
+	echo "FAIL: valgrind is not installed" | tee -a "$log"
+fi
 
 passed=$(grep -c '^PASS' "$log")
 failed=$(grep -c '^FAIL' "$log")
