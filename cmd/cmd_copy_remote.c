@@ -1,0 +1,284 @@
+/* Copy where one side is a remote host or a stream:
+ *   push    SRC [USER@]HOST:PATH   we send, `serve --receive` writes there
+ *   pull    HOST:PATH DST          `serve --send` reads there, we write
+ *   stream  SRC -                  the protocol stream on stdout (an archive)
+ *           - DST                  restore one from stdin
+ * The remote runs over the built-in ssh client or an -e command. */
+#include "copy_cli.h"
+
+#include "../core/copy.h"
+#include "../core/error.h"
+#include "../core/receive.h"
+#include "../core/send.h"
+#include "../core/stats.h"
+#include "../transport/transport.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* A growing command line for the remote shell. */
+struct cmdline {
+	char *s;
+	size_t len, cap;
+	bool oom;
+};
+
+static void cl_add(struct cmdline *c, const char *text)
+{
+	size_t n = strlen(text);
+	if (c->oom)
+		return;
+	if (c->len + n + 1 > c->cap) {
+		size_t cap = (c->len + n + 1) * 2;
+		char *ns = realloc(c->s, cap);
+		if (!ns) {
+			c->oom = true;
+			return;
+		}
+		c->s = ns;
+		c->cap = cap;
+	}
+	memcpy(c->s + c->len, text, n + 1);
+	c->len += n;
+}
+
+/* One argument, quoted for a POSIX shell: 'it'\''s'. */
+static void cl_arg(struct cmdline *c, const char *arg)
+{
+	cl_add(c, " '");
+	for (const char *p = arg; *p; p++) {
+		char ch[2] = { *p, 0 };
+		cl_add(c, *p == '\'' ? "'\\''" : ch);
+	}
+	cl_add(c, "'");
+}
+
+static void cl_opt(struct cmdline *c, const char *opt, const char *val)
+{
+	cl_add(c, " ");
+	cl_add(c, opt);
+	if (val)
+		cl_arg(c, val);
+}
+
+/* `REMOTE_PATH serve ...`; the remote path is not quoted, like rsync's
+ * --rsync-path, so "sudo sparsync" works. */
+static char *serve_command(const struct copy_cli *cli, bool push, const char *path)
+{
+	struct cmdline c = { 0 };
+	char num[32];
+	cl_add(&c, cli->remote_path ? cli->remote_path : "sparsync");
+	cl_add(&c, " serve");
+	if (push) {
+		cl_opt(&c, "--receive", path);
+		if (cli->out_fmt != FMT_AUTO)
+			cl_opt(&c, "-O", image_format_name(cli->out_fmt));
+		if (cli->create.cluster_size) {
+			snprintf(num, sizeof num, "%u", cli->create.cluster_size);
+			cl_opt(&c, "--cluster-size", num);
+		}
+		if (cli->create.compress == CODEC_ZSTD)
+			cl_opt(&c, "-c", "zstd");
+		else if (cli->create.compress == CODEC_ZLIB)
+			cl_opt(&c, "-c", "zlib");
+	} else {
+		cl_opt(&c, "--send", path);
+		if (cli->in_fmt != FMT_AUTO)
+			cl_opt(&c, "-f", image_format_name(cli->in_fmt));
+		if (cli->wire_compress)
+			cl_opt(&c, "--compress", cli->wire_compress);
+		if (cli->bwlimit) {
+			snprintf(num, sizeof num, "%llu", (unsigned long long)cli->bwlimit);
+			cl_opt(&c, "--bwlimit", num);
+		}
+	}
+	if (c.oom) {
+		free(c.s);
+		sp_err("out of memory");
+		return NULL;
+	}
+	return c.s;
+}
+
+static struct transport *connect_remote(const struct copy_cli *cli, const struct endpoint *ep,
+					const char *command)
+{
+	struct remote_opts ro = {
+		.host = ep->host,
+		.user = ep->user,
+		.port = cli->port,
+		.identity = cli->identity,
+		.known_hosts = cli->known_hosts,
+		.accept_new_host_key = cli->accept_new_host_key,
+		.rsh = cli->rsh,
+	};
+	struct transport *t = cli->rsh ? transport_exec_open(&ro, command)
+				       : transport_ssh_open(&ro, command);
+	if (t)
+		t->bwlimit = cli->bwlimit;
+	return t;
+}
+
+/* Close the connection and fold the remote's exit status into the result.
+ * Status 1 is sparsync's own failure, already explained by an ERROR record
+ * or its stderr line; other statuses (127 no such command, 255 ssh failed,
+ * 128+N killed) say something the user needs. */
+static int finish_remote(struct transport *t, int rc)
+{
+	char saved[1024];
+	snprintf(saved, sizeof saved, "%s", sp_errmsg());
+	char *name = strdup(t->name);
+	int status;
+	int crc = transport_close(t, &status);
+	if (rc < 0) {
+		if (status > 1)
+			sp_err("%s (remote command exit status %d)", saved, status);
+		else
+			sp_err("%s", saved);
+	} else if (crc < 0) {
+		rc = -1;
+	} else if (status != 0) {
+		rc = sp_err("%s: remote command exited with status %d", name ? name : "remote", status);
+	}
+	free(name);
+	return rc < 0 ? -1 : 0;
+}
+
+static void sender_setup(const struct copy_cli *cli, const struct image *src, bool stream,
+			 struct send_opts *so, struct copy_opts *co)
+{
+	memset(so, 0, sizeof *so);
+	memset(co, 0, sizeof *co);
+	so->codec.codec = WIRE_ZSTD;
+	so->codec.level = 1;
+	if (cli->wire_compress)
+		codec_parse(cli->wire_compress, &so->codec); /* checked in copy_remote */
+	so->block_size = BLOCK_SIZE_DEFAULT;
+	if (src->granularity > so->block_size && src->granularity <= PROTO_BLOCK_MAX)
+		so->block_size = src->granularity;
+	so->stream = stream;
+	so->read_peer_error = !stream;
+	co->block_size = so->block_size;
+	co->workers = cli->workers;
+	co->progress = cli->progress;
+}
+
+/* Send src over t: hellos, IMAGE, the engine's records, END (+ ACK). */
+static int send_image(const struct copy_cli *cli, struct image *src, struct transport *t,
+		      bool stream, struct sp_stats *st)
+{
+	struct send_opts so;
+	struct copy_opts co;
+	sender_setup(cli, src, stream, &so, &co);
+	struct sender snd;
+	int rc = sender_open(&snd, t, &so, st);
+	if (rc == 0)
+		rc = sender_begin(&snd, src);
+	if (rc == 0)
+		rc = copy_run(src, &snd.base, &co, st);
+	if (rc < 0)
+		sender_abort(&snd);
+	st->bytes_sent = t->bytes_out;
+	if (rc == 0)
+		st->bytes_received = snd.rd.bytes;
+	sender_free(&snd);
+	return rc < 0 ? -1 : 0;
+}
+
+static int push(const struct copy_cli *cli, struct sp_stats *st)
+{
+	if (cli->create.backing)
+		return sp_err("--backing is not supported for remote destinations yet");
+	struct image *src = image_open(cli->src.path, cli->in_fmt, IMAGE_RDONLY);
+	if (!src)
+		return -1;
+	char *cmd = serve_command(cli, true, cli->dst.path);
+	struct transport *t = cmd ? connect_remote(cli, &cli->dst, cmd) : NULL;
+	free(cmd);
+	if (!t) {
+		image_close(src);
+		return -1;
+	}
+	int rc = send_image(cli, src, t, false, st);
+	rc = finish_remote(t, rc);
+	image_close(src);
+	return rc;
+}
+
+static int pull(const struct copy_cli *cli, struct sp_stats *st)
+{
+	struct stat sb;
+	if (stat(cli->dst.path, &sb) == 0 && S_ISDIR(sb.st_mode))
+		return sp_err("%s: is a directory (give the destination file name)", cli->dst.path);
+	char *cmd = serve_command(cli, false, cli->src.path);
+	struct transport *t = cmd ? connect_remote(cli, &cli->src, cmd) : NULL;
+	free(cmd);
+	if (!t)
+		return -1;
+	/* The remote paces its own sending; our writes are tiny. */
+	t->bwlimit = 0;
+	struct receive_opts ro = {
+		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
+		.progress = cli->progress,
+	};
+	int rc = receive_run(t, &ro, st);
+	return finish_remote(t, rc);
+}
+
+static int stream_out(const struct copy_cli *cli, struct sp_stats *st)
+{
+	if (isatty(STDOUT_FILENO))
+		return sp_err("stdout is a terminal; redirect the stream to a file or a pipe");
+	struct image *src = image_open(cli->src.path, cli->in_fmt, IMAGE_RDONLY);
+	if (!src)
+		return -1;
+	struct transport *t = transport_fd_open(-1, STDOUT_FILENO, "stdout");
+	if (!t) {
+		image_close(src);
+		return -1;
+	}
+	t->bwlimit = cli->bwlimit;
+	int rc = send_image(cli, src, t, true, st);
+	if (transport_close(t, NULL) < 0)
+		rc = -1;
+	image_close(src);
+	return rc;
+}
+
+static int stream_in(const struct copy_cli *cli, struct sp_stats *st)
+{
+	if (isatty(STDIN_FILENO))
+		return sp_err("stdin is a terminal; feed a sparsync stream on stdin");
+	struct transport *t = transport_fd_open(STDIN_FILENO, -1, "stdin");
+	if (!t)
+		return -1;
+	struct receive_opts ro = {
+		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
+		.stream = true, .progress = cli->progress,
+	};
+	int rc = receive_run(t, &ro, st);
+	transport_close(t, NULL);
+	return rc < 0 ? -1 : 0;
+}
+
+int copy_remote(const struct copy_cli *cli, struct sp_stats *st)
+{
+	struct codec_choice cc;
+	if (cli->wire_compress && codec_parse(cli->wire_compress, &cc) < 0)
+		return -1;
+	double t0 = now_seconds();
+	int rc;
+	if (cli->dst.kind == EP_STREAM)
+		rc = stream_out(cli, st);
+	else if (cli->src.kind == EP_STREAM)
+		rc = stream_in(cli, st);
+	else if (cli->dst.kind == EP_REMOTE)
+		rc = push(cli, st);
+	else
+		rc = pull(cli, st);
+	st->seconds = now_seconds() - t0;
+	return rc;
+}

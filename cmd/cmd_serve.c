@@ -1,0 +1,160 @@
+/* `sparsync serve`: the remote half, started by `copy` over ssh (like
+ * `rsync --server`). It speaks the protocol on stdin/stdout; stdout carries
+ * nothing else. Errors go to the peer as an ERROR record and to stderr as
+ * one line (which ssh hands to the user); exit 1. */
+#include "cmd.h"
+
+#include "../core/copy.h"
+#include "../core/error.h"
+#include "../core/receive.h"
+#include "../core/send.h"
+#include "../core/units.h"
+#include "../formats/image.h"
+#include "../transport/transport.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char serve_usage[] =
+	"usage: sparsync serve --receive PATH [-O raw|qcow2] [--cluster-size SIZE] [-c zstd|zlib]\n"
+	"       sparsync serve --send PATH [-f raw|qcow2] [--compress C] [--bwlimit RATE]\n"
+	"The remote half of 'sparsync copy', started by it over ssh: speaks the\n"
+	"sparsync protocol on stdin/stdout. Not meant to be run by hand.\n";
+
+enum { OPT_RECEIVE = 256, OPT_SEND, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT };
+
+struct serve_args {
+	const char *receive, *send;
+	enum image_format in_fmt, out_fmt;
+	struct image_create_opts create;
+	struct codec_choice codec;
+	uint64_t bwlimit;
+};
+
+static int parse(int argc, char **argv, struct serve_args *a)
+{
+	static const struct option opts[] = {
+		{ "receive", required_argument, NULL, OPT_RECEIVE },
+		{ "send", required_argument, NULL, OPT_SEND },
+		{ "cluster-size", required_argument, NULL, OPT_CLUSTER },
+		{ "compress", required_argument, NULL, OPT_COMPRESS },
+		{ "bwlimit", required_argument, NULL, OPT_BWLIMIT },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0, 0, 0, 0 },
+	};
+	int c;
+	uint64_t v;
+	a->codec.codec = WIRE_ZSTD;
+	a->codec.level = 1;
+	while ((c = getopt_long(argc, argv, "f:O:c:h", opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_RECEIVE: a->receive = optarg; break;
+		case OPT_SEND: a->send = optarg; break;
+		case 'f':
+		case 'O': {
+			enum image_format f = image_format_parse(optarg);
+			if (f == FMT_AUTO)
+				return usage_error("serve", "unknown format '%s'", optarg);
+			*(c == 'f' ? &a->in_fmt : &a->out_fmt) = f;
+			break;
+		}
+		case OPT_CLUSTER:
+			if (parse_size(optarg, &v) < 0 || v < 512 || v > (2u << 20) || (v & (v - 1)))
+				return usage_error("serve", "bad cluster size '%s'", optarg);
+			a->create.cluster_size = (uint32_t)v;
+			break;
+		case 'c':
+			if (strcmp(optarg, "zstd") == 0)
+				a->create.compress = CODEC_ZSTD;
+			else if (strcmp(optarg, "zlib") == 0)
+				a->create.compress = CODEC_ZLIB;
+			else
+				return usage_error("serve", "-c takes zstd or zlib");
+			break;
+		case OPT_COMPRESS:
+			if (codec_parse(optarg, &a->codec) < 0)
+				return usage_error("serve", "%s", sp_errmsg());
+			break;
+		case OPT_BWLIMIT:
+			if (parse_size(optarg, &v) < 0 || v == 0)
+				return usage_error("serve", "bad --bwlimit rate '%s'", optarg);
+			a->bwlimit = v;
+			break;
+		case 'h': fputs(serve_usage, stdout); exit(0);
+		default: return EXIT_USAGE;
+		}
+	}
+	if (optind != argc)
+		return usage_error("serve", "unexpected argument '%s'", argv[optind]);
+	if (!a->receive == !a->send)
+		return usage_error("serve", "give exactly one of --receive PATH and --send PATH");
+	return 0;
+}
+
+static int serve_send(struct transport *t, const struct serve_args *a)
+{
+	struct sp_stats st;
+	memset(&st, 0, sizeof st);
+	/* Open first to learn the block size, but report a failure only after
+	 * the hellos, so that even "no such file" travels as an ERROR record. */
+	char open_err[1024] = "";
+	struct image *src = image_open(a->send, a->in_fmt, IMAGE_RDONLY);
+	if (!src)
+		snprintf(open_err, sizeof open_err, "%s", sp_errmsg());
+	struct send_opts so = { .codec = a->codec, .block_size = BLOCK_SIZE_DEFAULT };
+	if (src && src->granularity > so.block_size && src->granularity <= PROTO_BLOCK_MAX)
+		so.block_size = src->granularity;
+	struct sender snd;
+	int rc = sender_open(&snd, t, &so, &st);
+	if (rc == 0 && !src)
+		rc = sp_err("%s", open_err);
+	if (rc == 0)
+		rc = sender_begin(&snd, src);
+	if (rc == 0) {
+		struct copy_opts co = { .block_size = so.block_size, .progress = PROGRESS_OFF };
+		rc = copy_run(src, &snd.base, &co, &st);
+	}
+	if (rc < 0)
+		rc = sender_abort(&snd);
+	/* The client went away (it failed, or its connection did): it knows
+	 * why better than we do, and nobody reads our stderr now. */
+	if (rc < 0 && snd.dead)
+		rc = PROTO_PEER_FAILED;
+	sender_free(&snd);
+	image_close(src);
+	return rc;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+	struct serve_args a;
+	memset(&a, 0, sizeof a);
+	int rc = parse(argc, argv, &a);
+	if (rc != 0)
+		return rc;
+	struct transport *t = transport_fd_open(STDIN_FILENO, STDOUT_FILENO, "client");
+	if (!t)
+		return fail();
+	t->bwlimit = a.bwlimit;
+	if (a.receive) {
+		struct sp_stats st;
+		memset(&st, 0, sizeof st);
+		struct receive_opts ro = {
+			.dst_path = a.receive, .out_fmt = a.out_fmt, .create = &a.create,
+			.progress = PROGRESS_OFF,
+		};
+		rc = receive_run(t, &ro, &st);
+	} else {
+		rc = serve_send(t, &a);
+	}
+	transport_close(t, NULL);
+	if (rc == 0)
+		return 0;
+	/* When the peer told us why, it knows already: no second message. */
+	if (rc != PROTO_PEER_FAILED)
+		fprintf(stderr, "sparsync serve: %s\n", sp_errmsg());
+	return EXIT_FAIL;
+}

@@ -1,0 +1,334 @@
+#include "send.h"
+
+#include "../formats/image.h"
+#include "../transport/transport.h"
+#include "error.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WBUF_SIZE (256u << 10)
+
+int send_block_prepare(struct block_job *j)
+{
+	struct proto_data *d = &j->rec;
+	memset(d, 0, sizeof *d);
+	j->skip = false;
+	j->wire_len = 0;
+	d->offset = j->off;
+	d->length = j->len;
+	hash128(j->buf, j->len, &d->hash);
+	if (j->have && j->have->has(j->have->ctx, j->off, j->len, &d->hash)) {
+		j->skip = true;
+		return 0;
+	}
+	uint8_t *payload = j->cbuf + PROTO_DATA_PAYLOAD_AT;
+	d->codec = WIRE_NONE;
+	d->clen = 0;
+	if (j->codec->codec != WIRE_NONE && j->len > 1) {
+		/* Room for len - 1 bytes: a block that does not shrink goes raw. */
+		size_t out;
+		if (codec_compress(j->cc, j->codec, j->buf, j->len, payload, j->len - 1, &out) < 0)
+			return -1;
+		if (out > 0 && out < j->len) {
+			d->codec = (uint8_t)j->codec->codec;
+			d->clen = (uint32_t)out;
+		}
+	}
+	if (d->codec == WIRE_NONE) {
+		memcpy(payload, j->buf, j->len);
+		d->clen = j->len;
+	}
+	d->payload = payload;
+	j->wire_len = proto_seal_data(j->cbuf, d);
+	return 0;
+}
+
+/* ---- scratch pool ---- */
+
+static struct send_scratch *scratch_get(struct sender *s)
+{
+	pthread_mutex_lock(&s->pool_lock);
+	struct send_scratch *w = s->idle;
+	if (w)
+		s->idle = w->next;
+	pthread_mutex_unlock(&s->pool_lock);
+	if (w)
+		return w;
+	w = calloc(1, sizeof *w);
+	if (w && (w->cc = codec_ctx_new()) && (w->cbuf = malloc(PROTO_DATA_PAYLOAD_AT + (size_t)s->o.block_size)))
+		return w;
+	if (w) {
+		codec_ctx_free(w->cc);
+		free(w);
+	}
+	sp_err("out of memory for a compression buffer");
+	return NULL;
+}
+
+static void scratch_put(struct sender *s, struct send_scratch *w)
+{
+	pthread_mutex_lock(&s->pool_lock);
+	w->next = s->idle;
+	s->idle = w;
+	pthread_mutex_unlock(&s->pool_lock);
+}
+
+/* ---- output, all with s->lock held ---- */
+
+/* A write to the peer failed. Over ssh/-e the receiver usually stopped on
+ * purpose and said why in an ERROR record: prefer its reason. Every later
+ * call fails with the same message. */
+static int wire_failed(struct sender *s)
+{
+	if (!s->dead) {
+		s->dead = true;
+		char saved[1024];
+		snprintf(saved, sizeof saved, "%s", sp_errmsg());
+		struct proto_rec r;
+		if (!s->o.stream && s->o.read_peer_error && proto_read(&s->rd, &r) == 0 &&
+		    r.type == REC_ERROR) {
+			s->peer_failed = true;
+			proto_peer_error(&s->s, &r);
+		} else {
+			sp_err("%s", saved);
+		}
+		snprintf(s->deadmsg, sizeof s->deadmsg, "%s", sp_errmsg());
+	}
+	return sp_err("%s", s->deadmsg);
+}
+
+static int raw_write(struct sender *s, const void *p, size_t n)
+{
+	if (s->dead)
+		return sp_err("%s", s->deadmsg);
+	if (transport_write(s->t, p, n) < 0)
+		return wire_failed(s);
+	__atomic_store_n(&s->base.stats->bytes_sent, s->t->bytes_out, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static int flush_wbuf(struct sender *s)
+{
+	size_t n = s->wlen;
+	s->wlen = 0;
+	return n ? raw_write(s, s->wbuf, n) : 0;
+}
+
+static int out(struct sender *s, const void *p, size_t n)
+{
+	if (s->wlen + n <= WBUF_SIZE) {
+		memcpy(s->wbuf + s->wlen, p, n);
+		s->wlen += n;
+		return 0;
+	}
+	if (flush_wbuf(s) < 0)
+		return -1;
+	if (n < WBUF_SIZE)
+		return out(s, p, n);
+	return raw_write(s, p, n);
+}
+
+static int flush_zero(struct sender *s)
+{
+	if (!s->zero_len)
+		return 0;
+	uint8_t b[PROTO_FRAME_SIZE + PROTO_ZERO_SIZE];
+	size_t n = proto_encode_zero(b, s->zero_off, s->zero_len);
+	proto_digest_zero(&s->dg, s->zero_off, s->zero_len);
+	s->end.zero_bytes += s->zero_len;
+	s->zero_len = 0;
+	return out(s, b, n);
+}
+
+/* ---- sink ---- */
+
+static int send_data(struct sink *base, uint64_t off, const void *buf, size_t len)
+{
+	struct sender *s = (struct sender *)base;
+	if (len == 0)
+		return 0;
+	if (len > s->s.image.block_size)
+		return sp_err("internal error: %zu-byte data range exceeds the block size", len);
+	struct send_scratch *w = scratch_get(s);
+	if (!w)
+		return -1;
+	struct block_job j = {
+		.off = off, .buf = buf, .len = (uint32_t)len, .codec = &s->o.codec,
+		.have = s->o.have, .cc = w->cc, .cbuf = w->cbuf,
+	};
+	int rc = send_block_prepare(&j);
+	if (rc == 0 && j.skip) {
+		stats_add(base->stats->bytes_unchanged, len);
+	} else if (rc == 0) {
+		pthread_mutex_lock(&s->lock);
+		if (flush_zero(s) < 0 || out(s, j.cbuf, j.wire_len) < 0) {
+			rc = -1;
+		} else {
+			proto_digest_data(&s->dg, off, j.rec.length, &j.rec.hash);
+			s->end.data_bytes += len;
+			s->end.data_records++;
+		}
+		pthread_mutex_unlock(&s->lock);
+	}
+	scratch_put(s, w);
+	return rc;
+}
+
+static int send_zero(struct sink *base, uint64_t off, uint64_t len)
+{
+	struct sender *s = (struct sender *)base;
+	if (len == 0)
+		return 0;
+	int rc = 0;
+	pthread_mutex_lock(&s->lock);
+	if (s->dead) {
+		rc = sp_err("%s", s->deadmsg);
+	} else if (s->zero_len && s->zero_off + s->zero_len == off) {
+		s->zero_len += len;
+	} else {
+		rc = flush_zero(s);
+		s->zero_off = off;
+		s->zero_len = len;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+/* END, then (over ssh/-e) wait for the receiver to say it flushed and
+ * renamed: only then is the copy done. Called once the workers are done. */
+static int send_finish(struct sink *base)
+{
+	struct sender *s = (struct sender *)base;
+	if (flush_zero(s) < 0)
+		return -1;
+	if (s->src)
+		s->end.source_bytes_read = s->src->bytes_read - s->src_read0;
+	proto_digest_final(&s->dg, &s->end.digest);
+	uint8_t b[PROTO_FRAME_SIZE + PROTO_END_SIZE];
+	size_t n = proto_encode_end(b, &s->end);
+	if (out(s, b, n) < 0 || flush_wbuf(s) < 0)
+		return -1;
+	if (s->o.stream)
+		return 0;
+	struct proto_rec r;
+	if (proto_read(&s->rd, &r) < 0)
+		return -1;
+	if (r.type == REC_ERROR) {
+		s->peer_failed = true;
+		return proto_peer_error(&s->s, &r);
+	}
+	if (r.type != REC_ACK)
+		return sp_err("%s: unexpected record %u instead of the final ACK", s->s.peer, r.type);
+	s->ack = r.u.ack;
+	struct sp_stats *st = base->stats;
+	st->bytes_written += r.u.ack.bytes_written;
+	st->blocks_changed += r.u.ack.blocks_changed;
+	st->bytes_unchanged += r.u.ack.bytes_unchanged;
+	st->bytes_received = s->rd.bytes;
+	return 0;
+}
+
+static const struct sink_ops sender_ops = {
+	.data = send_data,
+	.zero = send_zero,
+	.finish = send_finish,
+};
+
+int sender_open(struct sender *s, struct transport *t, const struct send_opts *o,
+		struct sp_stats *st)
+{
+	memset(s, 0, sizeof *s);
+	s->base.ops = &sender_ops;
+	s->base.stats = st;
+	s->t = t;
+	s->o = *o;
+	s->s.peer = t->name;
+	s->s.me = ROLE_SENDER;
+	proto_reader_init(&s->rd, t, &s->s);
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->pool_lock, NULL);
+	s->locks_ready = true;
+	if (o->block_size < PROTO_BLOCK_MIN || o->block_size > PROTO_BLOCK_MAX)
+		return sp_err("block size %u is outside %u..%u", o->block_size, PROTO_BLOCK_MIN,
+			      PROTO_BLOCK_MAX);
+	if (o->codec.codec >= WIRE_CODEC_COUNT)
+		return sp_err("unknown codec %d", (int)o->codec.codec);
+	if (proto_digest_init(&s->dg) < 0 || !(s->wbuf = malloc(WBUF_SIZE)))
+		return sp_err("out of memory");
+
+	struct proto_hello mine, peer;
+	proto_hello_init(&mine, ROLE_SENDER, o->stream ? HELLO_STREAM : 0, o->block_size,
+			 CAP_HASH_XXH3_128 | CAP_CODEC(WIRE_NONE) | CAP_CODEC(o->codec.codec));
+	if (proto_write_hello(t, &mine) < 0)
+		return -1;
+	st->bytes_sent = t->bytes_out;
+	if (o->stream) {
+		/* Nobody answers a stream: assume a receiver like us. */
+		proto_hello_init(&peer, ROLE_RECEIVER, 0, PROTO_BLOCK_MAX, CAP_SUPPORTED);
+	} else if (proto_read_hello(&s->rd, ROLE_RECEIVER, &peer) < 0) {
+		return -1;
+	}
+	st->bytes_received = s->rd.bytes;
+	if (proto_negotiate(&s->s, t->name, ROLE_SENDER, &mine, &peer) < 0)
+		return -1;
+	if (!proto_codec_allowed(&s->s, o->codec.codec))
+		return sp_err("%s: the remote sparsync cannot decompress %s; use --compress none",
+			      t->name, codec_name(o->codec.codec));
+	return 0;
+}
+
+int sender_begin(struct sender *s, const struct image *src)
+{
+	s->src = src;
+	s->src_read0 = src->bytes_read;
+	struct proto_image im = {
+		.size = src->size,
+		.block_size = s->o.block_size,
+		.format = (uint8_t)src->format,
+	};
+	if (im.size > PROTO_SIZE_MAX)
+		return sp_err("%s: virtual size is beyond the protocol's limit", src->path);
+	s->s.image = im;
+	s->s.have_image = true;
+	proto_digest_image(&s->dg, &im);
+	uint8_t b[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE];
+	size_t n = proto_encode_image(b, &im);
+	return out(s, b, n);
+}
+
+int sender_abort(struct sender *s)
+{
+	if (s->peer_failed)
+		return PROTO_PEER_FAILED;
+	if (!s->dead && s->wbuf) {
+		char saved[1024];
+		snprintf(saved, sizeof saved, "%s", sp_errmsg());
+		/* What was queued goes first, so the reader sees whole records. */
+		if (flush_wbuf(s) < 0)
+			return s->peer_failed ? PROTO_PEER_FAILED : sp_err("%s", saved);
+		proto_send_error(s->t, saved);
+	}
+	return -1;
+}
+
+void sender_free(struct sender *s)
+{
+	while (s->idle) {
+		struct send_scratch *w = s->idle;
+		s->idle = w->next;
+		codec_ctx_free(w->cc);
+		free(w->cbuf);
+		free(w);
+	}
+	proto_reader_free(&s->rd);
+	proto_digest_free(&s->dg);
+	free(s->wbuf);
+	s->wbuf = NULL;
+	if (s->locks_ready) {
+		pthread_mutex_destroy(&s->lock);
+		pthread_mutex_destroy(&s->pool_lock);
+		s->locks_ready = false;
+	}
+}

@@ -1,0 +1,100 @@
+/* The sending half: a sink (core/sink.h) that turns the copy engine's
+ * data and zero ranges into protocol records on a transport. */
+#ifndef SPARSYNC_SEND_H
+#define SPARSYNC_SEND_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "hash.h"
+#include "protocol.h"
+#include "sink.h"
+
+struct image;
+struct transport;
+
+/* Incremental sync (issue 6): what the receiver already holds. When set,
+ * data whose hash the receiver has at the same offset is not sent. Called
+ * from block workers, so it must be safe to call from several threads. */
+struct remote_have {
+	bool (*has)(void *ctx, uint64_t off, uint32_t len, const struct hash128 *h);
+	void *ctx;
+};
+
+struct send_opts {
+	struct codec_choice codec;
+	uint32_t block_size;            /* the copy engine's block size */
+	bool stream;                    /* one-way stream: never read from the peer */
+	/* After a failed write, read the receiver's ERROR record to learn why
+	 * it stopped (the client does; serve must not block on its client). */
+	bool read_peer_error;
+	const struct remote_have *have; /* NULL: send all data */
+};
+
+/* One block's CPU work (hash, have-check, compress, seal the record),
+ * kept apart from the transport so it runs in the engine's worker threads.
+ * Each worker owns cc and cbuf. */
+struct block_job {
+	/* in */
+	uint64_t off;
+	const uint8_t *buf;
+	uint32_t len;
+	const struct codec_choice *codec;
+	const struct remote_have *have;
+	struct codec_ctx *cc;
+	uint8_t *cbuf;         /* room for PROTO_DATA_PAYLOAD_AT + len bytes */
+	/* out */
+	bool skip;             /* the receiver has these bytes already */
+	struct proto_data rec; /* the record's fields */
+	size_t wire_len;       /* the whole record is cbuf[0 .. wire_len) */
+};
+int send_block_prepare(struct block_job *j);
+
+/* Per-worker scratch: a codec context and a compression buffer. The
+ * engine's workers call the sink concurrently; each call borrows one. */
+struct send_scratch {
+	struct send_scratch *next;
+	struct codec_ctx *cc;
+	uint8_t *cbuf;
+};
+
+struct sender {
+	struct sink base;
+	struct transport *t;
+	struct proto_session s;
+	struct proto_reader rd;
+	struct send_opts o;
+	/* Block work runs in the calling thread; everything below `lock`
+	 * (the transport, the buffer, the digest, the counts) is touched by one
+	 * thread at a time. */
+	pthread_mutex_t pool_lock;
+	struct send_scratch *idle;
+	pthread_mutex_t lock;
+	bool locks_ready;
+	struct proto_digest dg;
+	uint8_t *wbuf;
+	size_t wlen;
+	uint64_t zero_off, zero_len;   /* pending ZERO range, merged with the next */
+	struct proto_end end;
+	const struct image *src;
+	uint64_t src_read0;
+	bool dead;                     /* a write failed: every later call fails */
+	char deadmsg[1024];
+	bool peer_failed;              /* the receiver told us why it stopped */
+	struct proto_ack ack;
+};
+
+/* Exchange hellos (stream: write ours only) and agree on codec and block
+ * size. The sender must be freed with sender_free even on failure. */
+int sender_open(struct sender *s, struct transport *t, const struct send_opts *o,
+		struct sp_stats *st);
+/* Send the IMAGE record for src. */
+int sender_begin(struct sender *s, const struct image *src);
+/* After a failure: tell the peer (ERROR record) unless it told us.
+ * Returns -1, or PROTO_PEER_FAILED when the peer reported the failure. */
+int sender_abort(struct sender *s);
+void sender_free(struct sender *s);
+
+#endif

@@ -1,0 +1,101 @@
+/* Plain file descriptors: stdin/stdout for `copy - DST` / `copy SRC -`,
+ * `serve`, or files. Descriptors 0-2 are borrowed, never closed. */
+#include "transport.h"
+
+#include "../core/error.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct fd_transport {
+	struct transport base;
+	int rfd, wfd;
+};
+
+static ssize_t fd_read(struct transport *base, void *buf, size_t len)
+{
+	struct fd_transport *t = (struct fd_transport *)base;
+	if (t->rfd < 0)
+		return sp_err("%s: not open for reading", base->name);
+	for (;;) {
+		ssize_t n = read(t->rfd, buf, len);
+		if (n >= 0) {
+			base->bytes_in += (uint64_t)n;
+			return n;
+		}
+		if (errno != EINTR)
+			return sp_err("%s: read: %s", base->name, strerror(errno));
+	}
+}
+
+static int fd_write(struct transport *base, const void *buf, size_t len)
+{
+	struct fd_transport *t = (struct fd_transport *)base;
+	if (t->wfd < 0)
+		return sp_err("%s: not open for writing", base->name);
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = write(t->wfd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EPIPE)
+				return sp_err("%s: the reader closed the stream (broken pipe)", base->name);
+			return sp_err("%s: write: %s", base->name, strerror(errno));
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static void drop(int *fd)
+{
+	if (*fd > 2)
+		close(*fd);
+	*fd = -1;
+}
+
+static int fd_close_write(struct transport *base)
+{
+	struct fd_transport *t = (struct fd_transport *)base;
+	drop(&t->wfd);
+	return 0;
+}
+
+static int fd_close(struct transport *base, int *status)
+{
+	struct fd_transport *t = (struct fd_transport *)base;
+	int rc = 0;
+	if (t->wfd > 2 && close(t->wfd) < 0)
+		rc = sp_err("%s: close: %s", base->name, strerror(errno));
+	t->wfd = -1;
+	drop(&t->rfd);
+	*status = 0;
+	free(base->name);
+	free(t);
+	return rc;
+}
+
+static const struct transport_ops fd_ops = {
+	.read = fd_read,
+	.write = fd_write,
+	.close_write = fd_close_write,
+	.close = fd_close,
+};
+
+struct transport *transport_fd_open(int rfd, int wfd, const char *name)
+{
+	struct fd_transport *t = calloc(1, sizeof *t);
+	if (!t || !(t->base.name = strdup(name))) {
+		free(t);
+		sp_err("%s: out of memory", name);
+		return NULL;
+	}
+	t->base.ops = &fd_ops;
+	t->rfd = rfd;
+	t->wfd = wfd;
+	return &t->base;
+}
