@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char *dir_of(const char *path)
@@ -58,6 +59,12 @@ int dest_create(struct dest *d, const char *final_path, enum image_format fmt, u
 			return sp_err("%s: directory does not exist", final_path);
 		return sp_err("%s: cannot create: %s", final_path, strerror(e));
 	}
+	/* mkstemp makes 0600; give the image the mode a plain create would
+	 * (or keep the mode of the file it replaces). */
+	struct stat old;
+	mode_t mask = umask(0);
+	umask(mask);
+	fchmod(fd, stat(final_path, &old) == 0 ? (old.st_mode & 07777) : (0666 & ~mask));
 	close(fd);
 	d->cleanup_slot = cleanup_register(d->tmp_path);
 	d->img = image_create(d->tmp_path, fmt, size, opts);
