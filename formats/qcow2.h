@@ -72,4 +72,94 @@ void qcow2_header_free(struct qcow2_header *h);
  * qcow2_open() calls it when asked for a writable image. Owns fd. */
 struct image *qcow2_open_rw(const char *path, int fd);
 
+/* ---- Helpers shared by reader and writer (formats/qcow2_header.c,
+ * formats/qcow2_tables.c, formats/qcow2_inflate.c). ---- */
+
+/* QEMU's implementation limits, which sparsync also enforces on open. */
+#define QCOW2_MAX_L1_BYTES (32ull << 20)
+#define QCOW2_MAX_REFTABLE_BYTES (8ull << 20)
+#define QCOW2_MAX_BACKING_NAME 1023
+#define QCOW2_SUBCLUSTERS 32 /* per cluster with extended L2 entries */
+
+/* Guest bytes one L2 table maps: cluster_size * (entries per table). */
+static inline uint64_t qcow2_l2_coverage(uint32_t cluster_bits, bool extended_l2)
+{
+	return 1ull << (2 * cluster_bits - (extended_l2 ? 4 : 3));
+}
+
+/* L1 entries needed to map a virtual disk of `size` bytes. */
+static inline uint64_t qcow2_l1_needed(uint64_t size, uint32_t cluster_bits, bool extended_l2)
+{
+	uint64_t cov = qcow2_l2_coverage(cluster_bits, extended_l2);
+	return size / cov + (size % cov != 0);
+}
+
+/* A compressed cluster descriptor (L2 entry with QCOW2_OFLAG_COMPRESSED):
+ * host byte offset of the compressed data and the number of bytes from there
+ * to the end of its last 512-byte sector. */
+static inline void qcow2_compressed_span(uint64_t l2e, uint32_t cluster_bits, uint64_t *host,
+					 uint64_t *len)
+{
+	unsigned x = 62 - (cluster_bits - 8);
+	uint64_t sectors = ((l2e >> x) & ((1ull << (cluster_bits - 8)) - 1)) + 1;
+	*host = l2e & ((1ull << x) - 1);
+	*len = sectors * 512 - (*host & 511);
+}
+
+/* Size of the image file (fstat), 0 with an error set on failure. */
+int qcow2_file_size(int fd, const char *path, uint64_t *size);
+
+/* Read the active L1 table: h->l1_size entries converted to host order,
+ * every used entry checked (cluster-aligned, L2 table inside the file).
+ * Entries past qcow2_l1_needed() are returned but not checked. Free with
+ * free(). */
+int qcow2_load_l1(int fd, const char *path, const struct qcow2_header *h, uint64_t file_size,
+		  uint64_t **l1_out);
+
+/* Read one L2 table (one cluster at `offset`) into `table` (cluster_size
+ * bytes), converted to host order; checks alignment and end of file. */
+int qcow2_load_l2(int fd, const char *path, uint64_t offset, uint32_t cluster_bits,
+		  uint64_t file_size, uint64_t *table);
+
+/* Decompressing one compressed cluster. A decoder holds reusable state
+ * (one per thread at a time); compression_type is QCOW2_COMPRESSION_*. */
+struct qcow2_decoder;
+struct qcow2_decoder *qcow2_decoder_new(uint8_t compression_type);
+void qcow2_decoder_free(struct qcow2_decoder *d);
+/* Inflate `in` until exactly out_len bytes are produced (trailing padding in
+ * `in` is ignored); a short or broken stream is an error naming path and the
+ * guest offset of the cluster. */
+int qcow2_decompress(struct qcow2_decoder *d, const void *in, size_t in_len, void *out,
+		     size_t out_len, const char *path, uint64_t guest_off);
+
+/* Reading a backing chain (formats/qcow2_backing.c). Each image being
+ * opened links a node to the one above it, on the stack, so a loop (the
+ * same device and inode twice) or a chain deeper than
+ * QCOW2_MAX_BACKING_DEPTH is refused at open. */
+struct qcow2_chain {
+	const struct qcow2_chain *above; /* the overlay, NULL for the named image */
+	unsigned depth;                  /* 0 for the image the user named */
+	uint64_t dev, ino;
+	const char *path;
+};
+/* Read-only qcow2 open as part of a chain (above = NULL at the top). Owns fd. */
+struct image *qcow2_open_in_chain(const char *path, int fd, const struct qcow2_chain *above);
+/* Open the backing image that h names, relative to the overlay's directory,
+ * in the format the header extension gives (detected when absent). */
+struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow2_chain *self);
+
+/* ---- Writer (formats/qcow2_write.c, qcow2_meta.c, qcow2_update.c) ---- */
+
+/* How an existing image is laid out, so that a rewrite (shrink) can keep
+ * it: cluster size, compression (CODEC_NONE unless some cluster is stored
+ * compressed), backing file as stored in the header (NULL when none). */
+struct qcow2_layout {
+	uint32_t cluster_size;
+	enum cluster_codec compress;
+	char *backing;
+	enum image_format backing_format;
+};
+int qcow2_layout_of(const char *path, struct qcow2_layout *out);
+void qcow2_layout_free(struct qcow2_layout *l);
+
 #endif

@@ -1,0 +1,84 @@
+/* qcow2 backing files: resolve the name against the overlay's directory,
+ * open it read-only in the right format, and refuse loops (the same file
+ * twice in the chain) and chains deeper than QCOW2_MAX_BACKING_DEPTH. */
+#include "qcow2.h"
+
+#include "../core/error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* name if absolute, else dirname(overlay)/name. */
+static char *resolve(const char *overlay, const char *name)
+{
+	const char *slash = strrchr(overlay, '/');
+	size_t dlen = (name[0] == '/' || !slash) ? 0 : (size_t)(slash - overlay) + 1;
+	size_t nlen = strlen(name);
+	char *p = malloc(dlen + nlen + 1);
+	if (!p)
+		return NULL;
+	memcpy(p, overlay, dlen);
+	memcpy(p + dlen, name, nlen + 1);
+	return p;
+}
+
+struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow2_chain *self)
+{
+	const char *name = h->backing_file;
+	if (strncmp(name, "json:", 5) == 0) {
+		sp_err("%s: backing file given as 'json:' options is not supported", self->path);
+		return NULL;
+	}
+	if (self->depth + 1 > QCOW2_MAX_BACKING_DEPTH) {
+		const struct qcow2_chain *top = self;
+		while (top->above)
+			top = top->above;
+		sp_err("%s: backing chain is deeper than %d images (%s has yet another backing file)",
+		       top->path, QCOW2_MAX_BACKING_DEPTH, self->path);
+		return NULL;
+	}
+	char *path = resolve(self->path, name);
+	if (!path) {
+		sp_err("%s: out of memory", self->path);
+		return NULL;
+	}
+	struct image *img = NULL;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0) {
+		sp_err("%s: backing file %s: %s", self->path, path, strerror(errno));
+		goto out;
+	}
+	if (fstat(fd, &st) < 0) {
+		sp_err("%s: backing file %s: %s", self->path, path, strerror(errno));
+		close(fd);
+		goto out;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		sp_err("%s: backing file %s is a directory", self->path, path);
+		close(fd);
+		goto out;
+	}
+	for (const struct qcow2_chain *c = self; c; c = c->above) {
+		if (c->dev == (uint64_t)st.st_dev && c->ino == (uint64_t)st.st_ino) {
+			sp_err("%s: backing file %s loops back to %s (backing chain loop)", self->path,
+			       path, c->path);
+			close(fd);
+			goto out;
+		}
+	}
+	enum image_format fmt = h->backing_format;
+	if (fmt == FMT_AUTO)
+		fmt = image_detect_fd(fd);
+	if (fmt == FMT_QCOW2)
+		img = qcow2_open_in_chain(path, fd, self);
+	else
+		img = raw_open(path, fd, false);
+out:
+	free(path);
+	return img;
+}
