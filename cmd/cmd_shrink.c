@@ -8,10 +8,16 @@
 #include "../core/error.h"
 #include "../core/sink.h"
 #include "../formats/image.h"
+#include "../formats/qcow2.h"
+#include "backing_sink.h"
 
+#include <fcntl.h>
 #include <getopt.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const char shrink_usage[] =
 	"usage: sparsync shrink [--json] [-q] IMAGE\n"
@@ -44,22 +50,58 @@ static int shrink_raw(struct image *img, struct copy_opts *o, struct sp_stats *s
 	return copy_run(img, &s.base, o, st);
 }
 
+/* qcow2: rewrite into a temporary file in the same directory, keeping the
+ * cluster size, compression and backing file, then rename over the
+ * original. Zero clusters and leaked clusters are not copied; an overlay
+ * keeps only what differs from its backing. */
 static int shrink_qcow2(struct image *img, struct copy_opts *o, struct sp_stats *st)
 {
+	struct qcow2_layout lay;
+	if (qcow2_layout_of(img->path, &lay) < 0)
+		return -1;
 	struct image_create_opts co;
 	memset(&co, 0, sizeof co);
-	co.cluster_size = img->granularity;
-	struct dest d;
-	if (dest_create(&d, img->path, FMT_QCOW2, img->size, &co) < 0)
-		return -1;
-	struct image_sink s;
-	image_sink_init(&s, d.img, st, 1, 0);
-	o->zero_grain = d.img->granularity;
-	if (copy_run(img, &s.base, o, st) < 0) {
-		dest_abort(&d);
-		return -1;
+	co.cluster_size = lay.cluster_size;
+	co.compress = lay.compress;
+	struct image *b = NULL;
+	int rc = 0;
+	if (lay.backing) {
+		char *bp = backing_resolve(img->path, lay.backing);
+		b = bp ? image_open(bp, lay.backing_format, IMAGE_RDONLY) : NULL;
+		if (!bp)
+			sp_err("%s: out of memory", img->path);
+		free(bp);
+		if (!b)
+			rc = -1;
+		else {
+			co.backing = lay.backing;
+			co.backing_format = b->format;
+		}
 	}
-	return dest_commit(&d);
+	struct dest d;
+	if (rc == 0)
+		rc = dest_create(&d, img->path, FMT_QCOW2, img->size, &co);
+	if (rc == 0) {
+		o->block_size = d.img->granularity > (1u << 20) ? d.img->granularity : (1u << 20);
+		o->zero_grain = d.img->granularity;
+		struct image_sink s;
+		struct backing_sink bs;
+		image_sink_init(&s, d.img, st, 1, 0);
+		if (b)
+			backing_sink_init(&bs, d.img, b, st);
+		rc = copy_run(img, b ? &bs.base : &s.base, o, st);
+		/* The rewritten image keeps the original's permissions. */
+		struct stat sb;
+		if (rc == 0 && fstat(img->fd, &sb) == 0)
+			(void)chmod(d.tmp_path, sb.st_mode & 07777);
+		if (rc == 0)
+			rc = dest_commit(&d);
+		else
+			dest_abort(&d);
+	}
+	image_close(b);
+	qcow2_layout_free(&lay);
+	return rc;
 }
 
 int cmd_shrink(int argc, char **argv)
@@ -86,7 +128,13 @@ int cmd_shrink(int argc, char **argv)
 	}
 	if (argc - optind != 1)
 		return usage_error("shrink", "expected one IMAGE");
-	struct image *img = image_open(argv[optind], FMT_AUTO, IMAGE_RDWR);
+	/* qcow2 is read (and rewritten elsewhere); raw is changed in place. */
+	int fd = open(argv[optind], O_RDONLY | O_CLOEXEC);
+	enum image_format fmt = fd >= 0 ? image_detect_fd(fd) : FMT_RAW;
+	if (fd >= 0)
+		close(fd);
+	struct image *img = image_open(argv[optind], fmt,
+				       fmt == FMT_QCOW2 ? IMAGE_RDONLY : IMAGE_RDWR);
 	if (!img)
 		return fail();
 	struct sp_stats st;

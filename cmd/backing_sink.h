@@ -1,0 +1,27 @@
+/* A sink that writes a qcow2 overlay holding only what differs from its
+ * backing image (copy --backing, shrink of an overlay). Defined in
+ * cmd_copy_local.c. */
+#ifndef SPARSYNC_BACKING_SINK_H
+#define SPARSYNC_BACKING_SINK_H
+
+#include "../core/sink.h"
+
+struct image;
+
+struct backing_sink {
+	struct sink base;
+	struct image *dst;     /* the new overlay (fresh: unallocated reads the backing) */
+	struct image *backing; /* the backing image as read through its chain */
+	uint64_t grain;        /* compare unit: the overlay's cluster size */
+};
+
+/* Data equal to the backing's same range stays unallocated; zero ranges
+ * become zero clusters only where the backing holds data. */
+void backing_sink_init(struct backing_sink *s, struct image *dst, struct image *backing,
+		       struct sp_stats *st);
+
+/* FILE as named in an overlay at overlay_path: relative names are relative
+ * to the overlay's directory, like qemu-img. Returns malloc'd or NULL. */
+char *backing_resolve(const char *overlay_path, const char *backing);
+
+#endif
