@@ -132,13 +132,17 @@ static unsigned default_workers(void)
 }
 
 /* The reader: walk extents, queue data blocks, send zero ranges directly.
+ * Ranges are rounded out to the zero grain (the destination's cluster) so
+ * that a data extent starting mid-cluster does not make the writer
+ * read-modify-write: the sliver of hole read with it is at most a grain.
  * Blocks end on multiples of bs so that the same bytes land in the same
  * blocks on every run (stable hashes for sync). */
 static void read_extents(struct pipeline *p, struct progress *prog)
 {
 	struct image *src = p->src;
-	uint64_t pos = 0;
-	while (pos < src->size) {
+	const uint64_t g = p->grain, size = src->size;
+	uint64_t pos = 0; /* always a multiple of g, or size */
+	while (pos < size) {
 		struct extent e;
 		if (image_extent(src, pos, &e) < 0) {
 			pipeline_fail(p);
@@ -150,26 +154,30 @@ static void read_extents(struct pipeline *p, struct progress *prog)
 			pipeline_fail(p);
 			return;
 		}
-		uint64_t end = e.offset + e.length;
-		if (end > src->size)
-			end = src->size;
-		if (e.kind != EXTENT_DATA) {
-			if (p->sink->ops->zero(p->sink, pos, end - pos) < 0) {
+		uint64_t end = e.length < size - pos ? pos + e.length : size;
+		uint64_t down = end == size ? size : end / g * g;
+		uint64_t up = end == size ? size : (end + g - 1) / g * g;
+		if (up > size)
+			up = size;
+		if (e.kind != EXTENT_DATA && down > pos) {
+			if (p->sink->ops->zero(p->sink, pos, down - pos) < 0) {
 				pipeline_fail(p);
 				return;
 			}
-			stats_add(p->st->bytes_zero, end - pos);
-			pos = end;
+			stats_add(p->st->bytes_zero, down - pos);
+			pos = down;
+			progress_update(prog, pos, p->st);
+			continue;
 		}
-		while (pos < end) {
+		/* Data, or a hole shorter than a grain: read [pos, up). */
+		while (pos < up) {
 			uint64_t next = (pos / p->bs + 1) * p->bs;
-			size_t n = (size_t)((next < end ? next : end) - pos);
+			size_t n = (size_t)((next < up ? next : up) - pos);
 			if (!enqueue(p, pos, n))
 				return;
 			pos += n;
 			progress_update(prog, pos, p->st);
 		}
-		progress_update(prog, pos, p->st);
 	}
 }
 
