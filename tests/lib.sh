@@ -49,9 +49,10 @@ allocated() { echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); }
 # JSON field of a one-line object, e.g. json_field bytes_read < out.json
 json_field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
 
-# Byte ranges holding data per `qemu-img map`, as "start end" lines merged.
-qemu_data_ranges() {
-	qemu-img map --output=json "$@" | python3 -c '
+# Merge a map JSON array (qemu-img's or ours) on stdin into "start end"
+# lines of data ranges.
+merge_data_ranges() {
+	python3 -c '
 import json,sys
 r=[]
 for e in json.load(sys.stdin):
@@ -61,14 +62,6 @@ for e in json.load(sys.stdin):
         else: r.append([s,s+l])
 for s,e in r: print(s,e)'
 }
-sparsync_data_ranges() {
-	"$SPARSYNC" map --json "$@" | python3 -c '
-import json,sys
-r=[]
-for e in json.load(sys.stdin):
-    if e["data"]:
-        s,l=e["start"],e["length"]
-        if r and r[-1][1]==s: r[-1][1]=s+l
-        else: r.append([s,s+l])
-for s,e in r: print(s,e)'
-}
+# Byte ranges holding data per `qemu-img map` and per `sparsync map`.
+qemu_data_ranges() { qemu-img map --output=json "$@" | merge_data_ranges; }
+sparsync_data_ranges() { "$SPARSYNC" map --json "$@" | merge_data_ranges; }
