@@ -99,15 +99,7 @@ static ssize_t exec_read(struct transport *base, void *buf, size_t len)
 	struct exec_transport *t = (struct exec_transport *)base;
 	if (t->rfd < 0)
 		return 0;
-	for (;;) {
-		ssize_t n = read(t->rfd, buf, len);
-		if (n >= 0) {
-			base->bytes_in += (uint64_t)n;
-			return n;
-		}
-		if (errno != EINTR)
-			return sp_err("%s: read from the remote command: %s", base->name, strerror(errno));
-	}
+	return transport_fd_read(base, t->rfd, buf, len, "the remote command");
 }
 
 static int exec_write(struct transport *base, const void *buf, size_t len)
@@ -115,20 +107,7 @@ static int exec_write(struct transport *base, const void *buf, size_t len)
 	struct exec_transport *t = (struct exec_transport *)base;
 	if (t->wfd < 0)
 		return sp_err("%s: stream already closed for writing", base->name);
-	const char *p = buf;
-	while (len > 0) {
-		ssize_t n = write(t->wfd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EPIPE)
-				return sp_err("%s: the remote command closed the connection", base->name);
-			return sp_err("%s: write to the remote command: %s", base->name, strerror(errno));
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
+	return transport_fd_write(base, t->wfd, buf, len, "the remote command");
 }
 
 static int exec_close_write(struct transport *base)

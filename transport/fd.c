@@ -19,15 +19,7 @@ static ssize_t fd_read(struct transport *base, void *buf, size_t len)
 	struct fd_transport *t = (struct fd_transport *)base;
 	if (t->rfd < 0)
 		return sp_err("%s: not open for reading", base->name);
-	for (;;) {
-		ssize_t n = read(t->rfd, buf, len);
-		if (n >= 0) {
-			base->bytes_in += (uint64_t)n;
-			return n;
-		}
-		if (errno != EINTR)
-			return sp_err("%s: read: %s", base->name, strerror(errno));
-	}
+	return transport_fd_read(base, t->rfd, buf, len, "the stream");
 }
 
 static int fd_write(struct transport *base, const void *buf, size_t len)
@@ -35,20 +27,7 @@ static int fd_write(struct transport *base, const void *buf, size_t len)
 	struct fd_transport *t = (struct fd_transport *)base;
 	if (t->wfd < 0)
 		return sp_err("%s: not open for writing", base->name);
-	const char *p = buf;
-	while (len > 0) {
-		ssize_t n = write(t->wfd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EPIPE)
-				return sp_err("%s: the reader closed the stream (broken pipe)", base->name);
-			return sp_err("%s: write: %s", base->name, strerror(errno));
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
+	return transport_fd_write(base, t->wfd, buf, len, "the reader of the stream");
 }
 
 static void drop(int *fd)

@@ -7,15 +7,9 @@
 #include "../core/stats.h"
 
 #include <errno.h>
+#include <string.h>
 #include <time.h>
-
-/* Pacing state. struct transport has no room for it and a transport is
- * used by one thread, so keep it per thread, keyed by the transport. */
-static _Thread_local struct {
-	const struct transport *t;
-	double start;
-	uint64_t base;
-} pace;
+#include <unistd.h>
 
 static void sleep_seconds(double s)
 {
@@ -34,10 +28,9 @@ int transport_write(struct transport *t, const void *buf, size_t len)
 	}
 	/* Write in slices of about 1/20 s so the rate stays even, and sleep
 	 * whenever we are ahead of bwlimit since the first paced write. */
-	if (pace.t != t) {
-		pace.t = t;
-		pace.start = now_seconds();
-		pace.base = t->bytes_out;
+	if (t->pace_start == 0) {
+		t->pace_start = now_seconds();
+		t->pace_base = t->bytes_out;
 	}
 	size_t slice = (size_t)(t->bwlimit / 20);
 	if (slice < 4096)
@@ -50,8 +43,8 @@ int transport_write(struct transport *t, const void *buf, size_t len)
 		t->bytes_out += n;
 		p += n;
 		len -= n;
-		double due = (double)(t->bytes_out - pace.base) / (double)t->bwlimit;
-		double el = now_seconds() - pace.start;
+		double due = (double)(t->bytes_out - t->pace_base) / (double)t->bwlimit;
+		double el = now_seconds() - t->pace_start;
 		if (due > el)
 			sleep_seconds(due - el);
 	}
@@ -81,7 +74,36 @@ int transport_close(struct transport *t, int *status)
 	*status = -1;
 	if (!t)
 		return 0;
-	if (pace.t == t)
-		pace.t = NULL;
 	return t->ops->close(t, status);
+}
+
+ssize_t transport_fd_read(struct transport *t, int fd, void *buf, size_t len, const char *peer)
+{
+	for (;;) {
+		ssize_t n = read(fd, buf, len);
+		if (n >= 0) {
+			t->bytes_in += (uint64_t)n;
+			return n;
+		}
+		if (errno != EINTR)
+			return sp_err("%s: read from %s: %s", t->name, peer, strerror(errno));
+	}
+}
+
+int transport_fd_write(struct transport *t, int fd, const void *buf, size_t len, const char *peer)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EPIPE)
+				return sp_err("%s: %s closed the connection (broken pipe)", t->name, peer);
+			return sp_err("%s: write to %s: %s", t->name, peer, strerror(errno));
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
 }

@@ -31,6 +31,8 @@ struct transport {
 	uint64_t bytes_in;      /* counted by the implementation */
 	uint64_t bytes_out;
 	uint64_t bwlimit;       /* bytes per second for writes, 0 = none */
+	double pace_start;      /* --bwlimit: when pacing began (0 = not yet) */
+	uint64_t pace_base;     /* bytes_out at that moment */
 };
 
 /* Options for reaching a remote host (built-in client or -e command). */
@@ -58,5 +60,11 @@ int transport_write(struct transport *t, const void *buf, size_t len); /* counts
 /* Read exactly len bytes; end of stream first is an error naming t. */
 int transport_read_full(struct transport *t, void *buf, size_t len);
 int transport_close(struct transport *t, int *status);
+
+/* For implementations over pipes and files: one read(2) / a full write(2)
+ * on fd, retrying EINTR and counting bytes_in; `peer` names the other end in
+ * messages ("the remote command", "the stream"). */
+ssize_t transport_fd_read(struct transport *t, int fd, void *buf, size_t len, const char *peer);
+int transport_fd_write(struct transport *t, int fd, const void *buf, size_t len, const char *peer);
 
 #endif
