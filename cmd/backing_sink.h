@@ -20,8 +20,5 @@ struct backing_sink {
 void backing_sink_init(struct backing_sink *s, struct image *dst, struct image *backing,
 		       struct sp_stats *st);
 
-/* FILE as named in an overlay at overlay_path: relative names are relative
- * to the overlay's directory, like qemu-img. Returns malloc'd or NULL. */
-char *backing_resolve(const char *overlay_path, const char *backing);
 
 #endif

@@ -11,7 +11,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,22 +39,6 @@ static void engine_opts(const struct copy_cli *cli, const struct image *dst, str
 }
 
 /* ---- the --backing sink ------------------------------------------------ */
-
-char *backing_resolve(const char *overlay_path, const char *backing)
-{
-	if (backing[0] == '/')
-		return strdup(backing);
-	char *copy = strdup(overlay_path);
-	if (!copy)
-		return NULL;
-	const char *dir = dirname(copy);
-	size_t n = strlen(dir) + strlen(backing) + 2;
-	char *out = malloc(n);
-	if (out)
-		snprintf(out, n, "%s/%s", dir, backing);
-	free(copy);
-	return out;
-}
 
 /* The backing's content of [off, off+len); zeros past its end. */
 static int backing_read(struct image *b, unsigned char *buf, size_t len, uint64_t off)

@@ -100,6 +100,19 @@ void image_free(struct image *img)
 	free(img);
 }
 
+char *backing_resolve(const char *overlay_path, const char *backing)
+{
+	const char *slash = strrchr(overlay_path, '/');
+	size_t dlen = (backing[0] == '/' || !slash) ? 0 : (size_t)(slash - overlay_path) + 1;
+	size_t nlen = strlen(backing);
+	char *p = malloc(dlen + nlen + 1);
+	if (!p)
+		return NULL;
+	memcpy(p, overlay_path, dlen);
+	memcpy(p + dlen, backing, nlen + 1);
+	return p;
+}
+
 int image_resize(struct image *i, uint64_t new_size)
 {
 	if (!i->ops->resize)

@@ -83,6 +83,10 @@ struct image *raw_create(const char *path, uint64_t size);
 struct image *qcow2_open(const char *path, int fd, bool writable);
 struct image *qcow2_create(const char *path, uint64_t size, const struct image_create_opts *opts);
 
+/* A backing file name as stored in an overlay: absolute, or relative to
+ * the overlay's directory (like qemu-img). Malloc'd; NULL when out of memory. */
+char *backing_resolve(const char *overlay_path, const char *backing);
+
 /* Helpers for implementations. */
 struct image *image_alloc(const struct image_ops *ops, const char *path, int fd,
 			  enum image_format fmt);

@@ -12,20 +12,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* name if absolute, else dirname(overlay)/name. */
-static char *resolve(const char *overlay, const char *name)
-{
-	const char *slash = strrchr(overlay, '/');
-	size_t dlen = (name[0] == '/' || !slash) ? 0 : (size_t)(slash - overlay) + 1;
-	size_t nlen = strlen(name);
-	char *p = malloc(dlen + nlen + 1);
-	if (!p)
-		return NULL;
-	memcpy(p, overlay, dlen);
-	memcpy(p + dlen, name, nlen + 1);
-	return p;
-}
-
 struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow2_chain *self)
 {
 	const char *name = h->backing_file;
@@ -41,7 +27,7 @@ struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow
 		       top->path, QCOW2_MAX_BACKING_DEPTH, self->path);
 		return NULL;
 	}
-	char *path = resolve(self->path, name);
+	char *path = backing_resolve(self->path, name);
 	if (!path) {
 		sp_err("%s: out of memory", self->path);
 		return NULL;

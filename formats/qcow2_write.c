@@ -13,7 +13,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -848,23 +847,6 @@ const struct image_ops q2w_ops = {
 
 /* ---- create ------------------------------------------------------------ */
 
-/* Backing names are relative to the overlay's directory, like qemu-img. */
-static char *resolve_backing(const char *overlay, const char *backing)
-{
-	if (backing[0] == '/')
-		return strdup(backing);
-	char *copy = strdup(overlay);
-	if (!copy)
-		return NULL;
-	const char *dir = dirname(copy);
-	size_t n = strlen(dir) + strlen(backing) + 2;
-	char *out = malloc(n);
-	if (out)
-		snprintf(out, n, "%s/%s", dir, backing);
-	free(copy);
-	return out;
-}
-
 struct image *qcow2_create(const char *path, uint64_t size, const struct image_create_opts *opts)
 {
 	uint64_t cs = opts->cluster_size ? opts->cluster_size : 65536;
@@ -934,7 +916,7 @@ struct image *qcow2_create(const char *path, uint64_t size, const struct image_c
 		q->has_backing = true;
 		q->backing_fmt = opts->backing_format;
 		q->backing_name = strdup(opts->backing);
-		q->backing_path = resolve_backing(path, opts->backing);
+		q->backing_path = backing_resolve(path, opts->backing);
 		if (!q->backing_name || !q->backing_path)
 			rc = sp_err("%s: out of memory", path);
 	}
