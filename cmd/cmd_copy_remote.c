@@ -64,6 +64,16 @@ static void cl_opt(struct cmdline *c, const char *opt, const char *val)
 		cl_arg(c, val);
 }
 
+static char *cl_done(struct cmdline *c)
+{
+	if (c->oom) {
+		free(c->s);
+		sp_err("out of memory");
+		return NULL;
+	}
+	return c->s;
+}
+
 /* `REMOTE_PATH serve ...`; the remote path is not quoted, like rsync's
  * --rsync-path, so "sudo sparsync" works. */
 static char *serve_command(const struct copy_cli *cli, bool push, const char *path)
@@ -72,8 +82,17 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 	char num[32];
 	cl_add(&c, cli->remote_path ? cli->remote_path : "sparsync");
 	cl_add(&c, " serve");
+	if (cli->workers) {
+		snprintf(num, sizeof num, "%u", cli->workers);
+		cl_opt(&c, "-j", num);
+	}
 	if (push) {
 		cl_opt(&c, "--receive", path);
+		cl_opt(&c, "--sync", NULL);
+		if (cli->whole)
+			cl_opt(&c, "--whole", NULL);
+		if (cli->create.backing)
+			cl_opt(&c, "--backing", cli->create.backing);
 		if (cli->out_fmt != FMT_AUTO)
 			cl_opt(&c, "-O", image_format_name(cli->out_fmt));
 		if (cli->create.cluster_size) {
@@ -95,12 +114,7 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 			cl_opt(&c, "--bwlimit", num);
 		}
 	}
-	if (c.oom) {
-		free(c.s);
-		sp_err("out of memory");
-		return NULL;
-	}
-	return c.s;
+	return cl_done(&c);
 }
 
 static struct transport *connect_remote(const struct copy_cli *cli, const struct endpoint *ep,
@@ -122,11 +136,33 @@ static struct transport *connect_remote(const struct copy_cli *cli, const struct
 	return t;
 }
 
+struct transport *remote_open_hashes(const struct copy_cli *cli, const struct endpoint *ep,
+				     uint32_t unit)
+{
+	struct cmdline c = { 0 };
+	char num[32];
+	cl_add(&c, cli->remote_path ? cli->remote_path : "sparsync");
+	cl_add(&c, " serve");
+	if (cli->workers) {
+		snprintf(num, sizeof num, "%u", cli->workers);
+		cl_opt(&c, "-j", num);
+	}
+	cl_opt(&c, "--hashes", ep->path);
+	snprintf(num, sizeof num, "%u", unit);
+	cl_opt(&c, "--hash-unit", num);
+	if (cli->in_fmt != FMT_AUTO)
+		cl_opt(&c, "-f", image_format_name(cli->in_fmt));
+	char *cmd = cl_done(&c);
+	struct transport *t = cmd ? connect_remote(cli, ep, cmd) : NULL;
+	free(cmd);
+	return t;
+}
+
 /* Close the connection and fold the remote's exit status into the result.
  * Status 1 is sparsync's own failure, already explained by an ERROR record
  * or its stderr line; other statuses (127 no such command, 255 ssh failed,
  * 128+N killed) say something the user needs. */
-static int finish_remote(struct transport *t, int rc)
+int remote_finish(struct transport *t, int rc)
 {
 	char saved[1024];
 	snprintf(saved, sizeof saved, "%s", sp_errmsg());
@@ -161,6 +197,7 @@ static void sender_setup(const struct copy_cli *cli, const struct image *src, bo
 		so->block_size = src->granularity;
 	so->stream = stream;
 	so->read_peer_error = !stream;
+	so->sync = !stream;
 	co->block_size = so->block_size;
 	co->workers = cli->workers;
 	co->progress = cli->progress;
@@ -190,8 +227,6 @@ static int send_image(const struct copy_cli *cli, struct image *src, struct tran
 
 static int push(const struct copy_cli *cli, struct sp_stats *st)
 {
-	if (cli->create.backing)
-		return sp_err("--backing is not supported for remote destinations yet");
 	struct image *src = image_open(cli->src.path, cli->in_fmt, IMAGE_RDONLY);
 	if (!src)
 		return -1;
@@ -203,7 +238,7 @@ static int push(const struct copy_cli *cli, struct sp_stats *st)
 		return -1;
 	}
 	int rc = send_image(cli, src, t, false, st);
-	rc = finish_remote(t, rc);
+	rc = remote_finish(t, rc);
 	image_close(src);
 	return rc;
 }
@@ -222,10 +257,11 @@ static int pull(const struct copy_cli *cli, struct sp_stats *st)
 	t->bwlimit = 0;
 	struct receive_opts ro = {
 		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
+		.whole = cli->whole, .sync = true, .workers = cli->workers,
 		.progress = cli->progress,
 	};
 	int rc = receive_run(t, &ro, st);
-	return finish_remote(t, rc);
+	return remote_finish(t, rc);
 }
 
 static int stream_out(const struct copy_cli *cli, struct sp_stats *st)

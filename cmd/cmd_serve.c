@@ -8,6 +8,7 @@
 #include "../core/error.h"
 #include "../core/receive.h"
 #include "../core/send.h"
+#include "../core/sync_hash.h"
 #include "../core/units.h"
 #include "../formats/image.h"
 #include "../transport/transport.h"
@@ -20,18 +21,27 @@
 
 static const char serve_usage[] =
 	"usage: sparsync serve --receive PATH [-O raw|qcow2] [--cluster-size SIZE] [-c zstd|zlib]\n"
+	"                      [--sync] [--backing FILE] [--whole]\n"
 	"       sparsync serve --send PATH [-f raw|qcow2] [--compress C] [--bwlimit RATE]\n"
-	"The remote half of 'sparsync copy', started by it over ssh: speaks the\n"
-	"sparsync protocol on stdin/stdout. Not meant to be run by hand.\n";
+	"       sparsync serve --hashes PATH [-f raw|qcow2] [--hash-unit SIZE]\n"
+	"The remote half of 'sparsync copy' and 'sparsync verify', started by them\n"
+	"over ssh: speaks the sparsync protocol on stdin/stdout. Not meant to be run\n"
+	"by hand.\n";
 
-enum { OPT_RECEIVE = 256, OPT_SEND, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT };
+enum {
+	OPT_RECEIVE = 256, OPT_SEND, OPT_HASHES, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT,
+	OPT_BACKING, OPT_WHOLE, OPT_HASH_UNIT, OPT_SYNC,
+};
 
 struct serve_args {
-	const char *receive, *send;
+	const char *receive, *send, *hashes;
 	enum image_format in_fmt, out_fmt;
 	struct image_create_opts create;
 	struct codec_choice codec;
 	uint64_t bwlimit;
+	bool whole, sync;
+	uint32_t hash_unit;
+	unsigned workers;
 };
 
 static int parse(int argc, char **argv, struct serve_args *a)
@@ -42,6 +52,11 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		{ "cluster-size", required_argument, NULL, OPT_CLUSTER },
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "bwlimit", required_argument, NULL, OPT_BWLIMIT },
+		{ "hashes", required_argument, NULL, OPT_HASHES },
+		{ "backing", required_argument, NULL, OPT_BACKING },
+		{ "whole", no_argument, NULL, OPT_WHOLE },
+		{ "sync", no_argument, NULL, OPT_SYNC },
+		{ "hash-unit", required_argument, NULL, OPT_HASH_UNIT },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -49,10 +64,26 @@ static int parse(int argc, char **argv, struct serve_args *a)
 	uint64_t v;
 	a->codec.codec = WIRE_ZSTD;
 	a->codec.level = 1;
-	while ((c = getopt_long(argc, argv, "f:O:c:h", opts, NULL)) != -1) {
+	a->hash_unit = SYNC_UNIT_RAW;
+	while ((c = getopt_long(argc, argv, "f:O:c:j:h", opts, NULL)) != -1) {
 		switch (c) {
 		case OPT_RECEIVE: a->receive = optarg; break;
 		case OPT_SEND: a->send = optarg; break;
+		case OPT_HASHES: a->hashes = optarg; break;
+		case OPT_BACKING: a->create.backing = optarg; break;
+		case OPT_WHOLE: a->whole = true; break;
+		case OPT_SYNC: a->sync = true; break;
+		case OPT_HASH_UNIT:
+			if (parse_size(optarg, &v) < 0 || v < SYNC_UNIT_MIN || v > SYNC_UNIT_MAX ||
+			    (v & (v - 1)))
+				return usage_error("serve", "bad hash unit '%s'", optarg);
+			a->hash_unit = (uint32_t)v;
+			break;
+		case 'j':
+			if (parse_size(optarg, &v) < 0 || v < 1 || v > 256)
+				return usage_error("serve", "-j takes a number of threads from 1 to 256");
+			a->workers = (unsigned)v;
+			break;
 		case 'f':
 		case 'O': {
 			enum image_format f = image_format_parse(optarg);
@@ -89,8 +120,9 @@ static int parse(int argc, char **argv, struct serve_args *a)
 	}
 	if (optind != argc)
 		return usage_error("serve", "unexpected argument '%s'", argv[optind]);
-	if (!a->receive == !a->send)
-		return usage_error("serve", "give exactly one of --receive PATH and --send PATH");
+	if ((a->receive != NULL) + (a->send != NULL) + (a->hashes != NULL) != 1)
+		return usage_error("serve", "give exactly one of --receive PATH, --send PATH and "
+				   "--hashes PATH");
 	return 0;
 }
 
@@ -104,7 +136,7 @@ static int serve_send(struct transport *t, const struct serve_args *a)
 	struct image *src = image_open(a->send, a->in_fmt, IMAGE_RDONLY);
 	if (!src)
 		snprintf(open_err, sizeof open_err, "%s", sp_errmsg());
-	struct send_opts so = { .codec = a->codec, .block_size = BLOCK_SIZE_DEFAULT };
+	struct send_opts so = { .codec = a->codec, .block_size = BLOCK_SIZE_DEFAULT, .sync = true };
 	if (src && src->granularity > so.block_size && src->granularity <= PROTO_BLOCK_MAX)
 		so.block_size = src->granularity;
 	struct sender snd;
@@ -114,7 +146,8 @@ static int serve_send(struct transport *t, const struct serve_args *a)
 	if (rc == 0)
 		rc = sender_begin(&snd, src);
 	if (rc == 0) {
-		struct copy_opts co = { .block_size = so.block_size, .progress = PROGRESS_OFF };
+		struct copy_opts co = { .block_size = so.block_size, .workers = a->workers,
+					.progress = PROGRESS_OFF };
 		rc = copy_run(src, &snd.base, &co, &st);
 	}
 	if (rc < 0)
@@ -144,9 +177,12 @@ int cmd_serve(int argc, char **argv)
 		memset(&st, 0, sizeof st);
 		struct receive_opts ro = {
 			.dst_path = a.receive, .out_fmt = a.out_fmt, .create = &a.create,
+			.whole = a.whole, .sync = a.sync, .workers = a.workers,
 			.progress = PROGRESS_OFF,
 		};
 		rc = receive_run(t, &ro, &st);
+	} else if (a.hashes) {
+		rc = hashes_serve(t, a.hashes, a.in_fmt, a.hash_unit, a.workers);
 	} else {
 		rc = serve_send(t, &a);
 	}

@@ -35,5 +35,12 @@ struct sp_stats;
 int copy_local(const struct copy_cli *cli, struct sp_stats *st);
 /* Copy where one side is a remote host or a stream (cmd_copy_remote.c). */
 int copy_remote(const struct copy_cli *cli, struct sp_stats *st);
+/* For verify (cmd_copy_remote.c): run `serve --hashes` for ep's path on
+ * ep's host with cli's remote options; and close a remote connection,
+ * folding its exit status into rc (0 or -1). */
+struct transport;
+struct transport *remote_open_hashes(const struct copy_cli *cli, const struct endpoint *ep,
+				     uint32_t unit);
+int remote_finish(struct transport *t, int rc);
 
 #endif

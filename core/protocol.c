@@ -230,6 +230,8 @@ size_t proto_encode_end(uint8_t out[PROTO_FRAME_SIZE + PROTO_END_SIZE], const st
 	put64(b + 16, e->zero_bytes);
 	put64(b + 24, e->source_bytes_read);
 	memcpy(b + 32, e->digest.b, HASH_SIZE);
+	put64(b + 48, e->units_changed);
+	put64(b + 56, e->bytes_unchanged);
 	return seal(out, REC_END, PROTO_END_SIZE);
 }
 
@@ -241,6 +243,18 @@ size_t proto_encode_ack(uint8_t out[PROTO_FRAME_SIZE + PROTO_ACK_SIZE], const st
 	put64(b + 16, a->blocks_changed);
 	put64(b + 24, a->bytes_unchanged);
 	return seal(out, REC_ACK, PROTO_ACK_SIZE);
+}
+
+size_t proto_seal_hashes(uint8_t *rec, const struct proto_hashes *h)
+{
+	uint8_t *b = rec + PROTO_FRAME_SIZE;
+	memset(b, 0, PROTO_HASHES_HEAD);
+	put64(b, h->size);
+	put64(b + 8, h->offset);
+	put32(b + 16, h->unit);
+	put32(b + 20, h->count);
+	b[24] = h->flags;
+	return seal(rec, REC_HASHES, PROTO_HASHES_HEAD + h->count * HASH_SIZE);
 }
 
 size_t proto_encode_error(uint8_t out[PROTO_FRAME_SIZE + PROTO_ERROR_MAX], const char *msg)
@@ -274,6 +288,8 @@ static size_t data_body_max(const struct proto_session *s)
 size_t proto_body_max(const struct proto_session *s)
 {
 	size_t m = PROTO_ERROR_MAX;
+	if (s->me == ROLE_SENDER && (s->caps & CAP_SYNC) && !s->hl.done)
+		m = PROTO_HASHES_HEAD + (size_t)PROTO_HASHES_MAX * HASH_SIZE;
 	if (s->have_image && s->me == ROLE_RECEIVER) {
 		size_t d = data_body_max(s);
 		if (d > m)
@@ -298,6 +314,8 @@ int proto_frame_decode(const struct proto_session *s, const uint8_t hdr[PROTO_FR
 		return sp_err("%s: unknown record type %u", peer, t);
 	if (t == REC_HASHES && !(s->caps & CAP_SYNC))
 		return sp_err("%s: HASHES record, but incremental sync was not negotiated", peer);
+	if (t == REC_HASHES && s->hl.done)
+		return sp_err("%s: HASHES record after the end of the hash list", peer);
 	if ((for_receiver && s->me != ROLE_RECEIVER) || (for_sender && s->me != ROLE_SENDER))
 		return sp_err("%s: unexpected %s record from the %s", peer, rec_name(t),
 			      s->me == ROLE_RECEIVER ? "sender" : "receiver");
@@ -315,6 +333,13 @@ int proto_frame_decode(const struct proto_session *s, const uint8_t hdr[PROTO_FR
 	case REC_ERROR:
 		if (n == 0 || n > PROTO_ERROR_MAX)
 			return sp_err("%s: ERROR record of %u bytes (limit %u)", peer, n, PROTO_ERROR_MAX);
+		return 0;
+	case REC_HASHES:
+		if (n < PROTO_HASHES_HEAD || (n - PROTO_HASHES_HEAD) % HASH_SIZE ||
+		    (n - PROTO_HASHES_HEAD) / HASH_SIZE > PROTO_HASHES_MAX)
+			return sp_err("%s: HASHES record of %u bytes (at most %u hashes of %u bytes "
+				      "after a %u-byte head)", peer, n, PROTO_HASHES_MAX, HASH_SIZE,
+				      PROTO_HASHES_HEAD);
 		return 0;
 	case REC_DATA:
 		if (n < PROTO_DATA_HEAD || n > data_body_max(s))
@@ -346,6 +371,68 @@ int proto_frame_verify(const struct proto_session *s, const uint8_t hdr[PROTO_FR
 static bool in_range(uint64_t off, uint64_t len, uint64_t size)
 {
 	return len <= size && off <= size - len;
+}
+
+/* One piece of the receiver's hash list, checked against the ones before. */
+static int hashes_decode(struct proto_session *s, const uint8_t *b, size_t len,
+			 struct proto_hashes *h)
+{
+	const char *peer = s->peer;
+	if (len < PROTO_HASHES_HEAD || (len - PROTO_HASHES_HEAD) % HASH_SIZE)
+		return sp_err("%s: malformed HASHES record", peer);
+	h->size = get64(b);
+	h->offset = get64(b + 8);
+	h->unit = get32(b + 16);
+	h->count = get32(b + 20);
+	h->flags = b[24];
+	h->hashes = b + PROTO_HASHES_HEAD;
+	unsigned long long off = (unsigned long long)h->offset;
+	if (!all_zero(b + 25, 7))
+		return sp_err("%s: malformed HASHES record at offset %llu (reserved bytes set)", peer, off);
+	if ((size_t)h->count != (len - PROTO_HASHES_HEAD) / HASH_SIZE || h->count > PROTO_HASHES_MAX)
+		return sp_err("%s: HASHES record at offset %llu declares %u hashes but carries %zu",
+			      peer, off, h->count, (len - PROTO_HASHES_HEAD) / HASH_SIZE);
+	if (h->flags & ~(HASHES_LAST | HASHES_FRESH))
+		return sp_err("%s: HASHES record with unknown flags 0x%x", peer, h->flags);
+	if (h->count == 0 && !(h->flags & HASHES_LAST))
+		return sp_err("%s: empty HASHES record before the last one", peer);
+	if ((h->flags & HASHES_FRESH) && (h->count || !(h->flags & HASHES_LAST) || s->hl.total))
+		return sp_err("%s: a fresh destination's hash list must be empty", peer);
+	if (h->unit < PROTO_HASHES_UNIT_MIN || h->unit > PROTO_HASHES_UNIT_MAX ||
+	    (h->unit & (h->unit - 1)))
+		return sp_err("%s: hash unit %u is not a power of two from %u to %u", peer, h->unit,
+			      PROTO_HASHES_UNIT_MIN, PROTO_HASHES_UNIT_MAX);
+	if (h->size > PROTO_SIZE_MAX)
+		return sp_err("%s: hashed size %llu is beyond the limit of %llu bytes", peer,
+			      (unsigned long long)h->size, (unsigned long long)PROTO_SIZE_MAX);
+	if (s->hl.started && (h->unit != s->hl.unit || h->size != s->hl.size))
+		return sp_err("%s: HASHES record at offset %llu changes the unit or size of the list",
+			      peer, off);
+	if (h->offset % h->unit)
+		return sp_err("%s: HASHES record at offset %llu is not aligned to its %u-byte unit",
+			      peer, off, h->unit);
+	if (h->count && h->offset < s->hl.next)
+		return sp_err("%s: HASHES record at offset %llu overlaps or precedes the one before",
+			      peer, off);
+	/* Units start inside the image: offset + count * unit <= size rounded up. */
+	uint64_t units = h->size / h->unit + (h->size % h->unit != 0);
+	uint64_t first = h->offset / h->unit;
+	if (first > units || h->count > units - first)
+		return sp_err("%s: HASHES record at offset %llu with %u hashes runs past the hashed "
+			      "size %llu", peer, off, h->count, (unsigned long long)h->size);
+	if (h->count > PROTO_HASHES_TOTAL_MAX - s->hl.total)
+		return sp_err("%s: hash list longer than %llu entries", peer,
+			      (unsigned long long)PROTO_HASHES_TOTAL_MAX);
+	s->hl.started = true;
+	s->hl.unit = h->unit;
+	s->hl.size = h->size;
+	if (h->count)
+		s->hl.next = (first + h->count) * (uint64_t)h->unit;
+	s->hl.total += h->count;
+	s->hl.flags = h->flags;
+	if (h->flags & HASHES_LAST)
+		s->hl.done = true;
+	return 0;
 }
 
 int proto_body_decode(struct proto_session *s, uint8_t type, uint8_t *b, size_t len,
@@ -432,6 +519,8 @@ int proto_body_decode(struct proto_session *s, uint8_t type, uint8_t *b, size_t 
 		r->u.end.zero_bytes = get64(b + 16);
 		r->u.end.source_bytes_read = get64(b + 24);
 		memcpy(r->u.end.digest.b, b + 32, HASH_SIZE);
+		r->u.end.units_changed = get64(b + 48);
+		r->u.end.bytes_unchanged = get64(b + 56);
 		return 0;
 	case REC_ACK:
 		if (len != PROTO_ACK_SIZE)
@@ -441,6 +530,8 @@ int proto_body_decode(struct proto_session *s, uint8_t type, uint8_t *b, size_t 
 		r->u.ack.blocks_changed = get64(b + 16);
 		r->u.ack.bytes_unchanged = get64(b + 24);
 		return 0;
+	case REC_HASHES:
+		return hashes_decode(s, b, len, &r->u.hashes);
 	case REC_ERROR:
 		if (len == 0 || len > PROTO_ERROR_MAX)
 			return sp_err("%s: malformed ERROR record", peer);

@@ -21,8 +21,22 @@
  * streams IMAGE, DATA/ZERO..., END; an interactive receiver answers only
  * with ACK (flushed and renamed) or ERROR after END -- or ERROR at any time
  * when it fails, after which it stops reading. Nothing ever flows both ways
- * unboundedly at once. (Issue 6 adds, under CAP_SYNC, REC_HASHES from the
- * receiver between the hellos and the data.)
+ * unboundedly at once.
+ *
+ * Incremental sync (CAP_SYNC in both hellos): a receiver that offers it
+ * (it was told the sender is interactive: `serve --receive --sync`, or the
+ * client of a pull) writes its whole hash list (HASHES records, the last
+ * one flagged HASHES_LAST) right after its hello, before it reads anything,
+ * and then nothing until its ACK or ERROR. The sender writes only its hello
+ * before it has read the entire list, and only then IMAGE, DATA/ZERO, END.
+ * So the list and the data never flow at the same time, neither side can
+ * block the other, and no byte the sender writes must get through before
+ * the list arrives (a relay that buffers cannot wedge the exchange). The
+ * list names the units the receiver holds as data; everything else reads
+ * as zeros there. The sender skips units whose hash matches and sends ZERO
+ * only over units the list names (none at all to a "fresh" destination).
+ * `serve --hashes` writes a hello and a list the same way, and nothing
+ * else: `sparsync verify` compares with it.
  *
  * Records: a 16-byte frame {u8 type, u8[3] zero, u32 body length, u64 check}
  * + body, where check = XXH3-64 of the body seeded with type | length << 8,
@@ -32,12 +46,25 @@
  *   DATA   40 + clen: u64 offset, u32 length, u8 codec, u8[3] zero,
  *              16 hash of the uncompressed bytes, u32 clen, u32 zero, payload
  *   ZERO   16: u64 offset, u64 length (reads as zeros at the source)
- *   END    48: u64 data bytes, u64 data records, u64 zero bytes,
- *              u64 source bytes read, 16 digest (see proto_digest_*)
+ *   END    64: u64 data bytes, u64 data records, u64 zero bytes,
+ *              u64 source bytes read, 16 digest (see proto_digest_*),
+ *              u64 units changed, u64 bytes unchanged (sync: the sender's
+ *              verdicts, for the receiver's statistics)
  *   ERROR  1..1024: message text, one line
  *   ACK    32: u64 bytes written, u64 bytes received, u64 blocks changed,
  *              u64 bytes unchanged (the receiver's counts)
- *   HASHES reserved for incremental sync; refused until implemented
+ *   HASHES 32 + 16 * count (receiver -> sender, CAP_SYNC only):
+ *              u64 image size (the receiver's, as hashed), u64 offset of the
+ *              first unit, u32 unit size (power of two, 4 KiB .. 32 MiB, the
+ *              same in every record), u32 count (<= PROTO_HASHES_MAX), u8
+ *              flags (HASHES_LAST, HASHES_FRESH), u8[7] zero, then count
+ *              XXH3-128 hashes of consecutive units. A unit's hash covers
+ *              exactly `unit` bytes; bytes past the image's end count as
+ *              zeros. Records come in increasing offset order, never
+ *              overlapping, inside the image; the list ends with the record
+ *              flagged HASHES_LAST (count may be 0). HASHES_FRESH (alone, on
+ *              an empty last record): the destination is new and reads as
+ *              zeros everywhere, so ZERO records are not needed.
  * Every field is checked against hard limits as it is decoded.
  */
 #ifndef SPARSYNC_PROTOCOL_H
@@ -64,9 +91,16 @@ struct transport;
 #define PROTO_IMAGE_SIZE 16
 #define PROTO_DATA_HEAD 40
 #define PROTO_ZERO_SIZE 16
-#define PROTO_END_SIZE 48
+#define PROTO_END_SIZE 64
 #define PROTO_ACK_SIZE 32
 #define PROTO_ERROR_MAX 1024
+#define PROTO_HASHES_HEAD 32
+#define PROTO_HASHES_MAX 65536u           /* hashes per HASHES record */
+#define PROTO_HASHES_UNIT_MIN 4096u
+#define PROTO_HASHES_UNIT_MAX (32u << 20)
+/* Most hashes one list may hold in all (256 MiB of hashes): the receiver
+ * scales its unit so that it stays far below (see core/sync_hash.h). */
+#define PROTO_HASHES_TOTAL_MAX (1ull << 24)
 
 #define PROTO_BLOCK_MAX (32u << 20)   /* hard cap whatever the hellos say */
 #define PROTO_BLOCK_MIN 4096u
@@ -80,9 +114,13 @@ enum proto_role { ROLE_SENDER = 1, ROLE_RECEIVER = 2 };
 #define CAP_CODEC(c) (1ull << (c))    /* c = enum wire_codec: bits 0..2 */
 #define CAP_CODECS_ALL (CAP_CODEC(WIRE_NONE) | CAP_CODEC(WIRE_ZSTD) | CAP_CODEC(WIRE_LZ4))
 #define CAP_HASH_XXH3_128 (1ull << 8)
-#define CAP_SYNC (1ull << 16)         /* reserved: receiver sends REC_HASHES (issue 6) */
+#define CAP_SYNC (1ull << 16)         /* incremental sync: receiver sends REC_HASHES */
 /* What this build can read and write. */
-#define CAP_SUPPORTED (CAP_CODECS_ALL | CAP_HASH_XXH3_128)
+#define CAP_SUPPORTED (CAP_CODECS_ALL | CAP_HASH_XXH3_128 | CAP_SYNC)
+
+/* HASHES flags. */
+#define HASHES_LAST 0x01u
+#define HASHES_FRESH 0x02u
 
 enum rec_type {
 	REC_IMAGE = 1,
@@ -91,7 +129,7 @@ enum rec_type {
 	REC_END = 4,
 	REC_ERROR = 5,
 	REC_ACK = 6,
-	REC_HASHES = 16, /* reserved for incremental sync (CAP_SYNC) */
+	REC_HASHES = 16, /* incremental sync (CAP_SYNC): receiver -> sender */
 };
 
 struct proto_hello {
@@ -124,6 +162,16 @@ struct proto_zero {
 struct proto_end {
 	uint64_t data_bytes, data_records, zero_bytes, source_bytes_read;
 	struct hash128 digest;
+	uint64_t units_changed, bytes_unchanged;
+};
+
+struct proto_hashes {
+	uint64_t size;           /* the receiver's image size as hashed */
+	uint64_t offset;         /* of the first unit */
+	uint32_t unit;
+	uint32_t count;
+	uint8_t flags;
+	const uint8_t *hashes;   /* count * HASH_SIZE bytes, inside the reader's buffer */
 };
 
 struct proto_ack {
@@ -138,6 +186,7 @@ struct proto_rec {
 		struct proto_zero zero;
 		struct proto_end end;
 		struct proto_ack ack;
+		struct proto_hashes hashes;
 		struct {
 			const char *text; /* NUL-terminated, control characters replaced */
 		} error;
@@ -153,6 +202,16 @@ struct proto_session {
 	bool have_image;     /* IMAGE seen: the limits below are set */
 	struct proto_image image;
 	bool peer_stream;    /* the sender's hello said HELLO_STREAM */
+	/* The hash list as it arrives (sender side): what later HASHES records
+	 * are checked against. */
+	struct {
+		bool started, done;
+		uint32_t unit;
+		uint64_t size;
+		uint64_t next;   /* no record may start before this offset */
+		uint64_t total;  /* hashes so far */
+		uint8_t flags;   /* of the last record */
+	} hl;
 };
 
 /* ---- pure encode/decode (no I/O; what the unit tests and fuzzers drive) ---- */
@@ -182,6 +241,11 @@ size_t proto_seal_data(uint8_t *rec, const struct proto_data *d);
 size_t proto_encode_zero(uint8_t out[PROTO_FRAME_SIZE + PROTO_ZERO_SIZE], uint64_t off, uint64_t len);
 size_t proto_encode_end(uint8_t out[PROTO_FRAME_SIZE + PROTO_END_SIZE], const struct proto_end *e);
 size_t proto_encode_ack(uint8_t out[PROTO_FRAME_SIZE + PROTO_ACK_SIZE], const struct proto_ack *a);
+/* rec holds room for the frame and the 32-byte head, then h->count hashes
+ * already in place (h->hashes is not read): fill in frame and head, return
+ * the record's total size. */
+#define PROTO_HASHES_AT (PROTO_FRAME_SIZE + PROTO_HASHES_HEAD)
+size_t proto_seal_hashes(uint8_t *rec, const struct proto_hashes *h);
 /* Message is cut to PROTO_ERROR_MAX bytes. */
 size_t proto_encode_error(uint8_t out[PROTO_FRAME_SIZE + PROTO_ERROR_MAX], const char *msg);
 

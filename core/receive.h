@@ -14,16 +14,36 @@ struct transport;
 struct receive_opts {
 	const char *dst_path;
 	enum image_format out_fmt;                /* -O; FMT_AUTO = DESIGN.md's rule */
-	const struct image_create_opts *create;   /* NULL = defaults */
+	/* NULL = defaults. With a backing file set, DST becomes a new qcow2
+	 * overlay of it (resolved relative to DST's directory, like qemu-img)
+	 * holding only what differs. */
+	const struct image_create_opts *create;
 	bool stream;                              /* reading an archive: never write back */
+	bool whole;                               /* never update DST in place */
+	/* The sender is interactive and takes a hash list (pull, serve --sync):
+	 * send it right after our hello, before reading anything. */
+	bool sync;
+	unsigned workers;                         /* hashing threads, 0 = cores */
 	enum progress_mode progress;
 };
 
-/* Exchange hellos, receive IMAGE, DATA/ZERO..., END; write DST under a
- * temporary name and rename it only after END checked out and the data is
- * flushed; then (not a stream) answer ACK. On failure the temporary file
- * is gone, the sender got an ERROR record when it can read one, and the
- * return is -1, or PROTO_PEER_FAILED when the sender reported the error. */
+/* Write our hello. When syncing (o->sync), at once the hash list: of DST
+ * when it is an existing image that can be updated in place (same format,
+ * same qcow2 layout, not --whole), of the backing image for --backing, or
+ * an empty "fresh" list. Then read the sender's hello and IMAGE, resize an
+ * in-place DST to the source's size and apply DATA/ZERO to it, flushed
+ * before the ACK. Otherwise write a new DST under a temporary name and
+ * rename it only after END checked out and the data is flushed; then (not
+ * a stream) answer ACK.
+ * On failure a temporary file is gone (an image updated in place stays, a
+ * consistent mix of old and new that a re-run completes), the sender got
+ * an ERROR record when it can read one, and the return is -1, or
+ * PROTO_PEER_FAILED when the sender reported the error. */
 int receive_run(struct transport *t, const struct receive_opts *o, struct sp_stats *st);
+
+/* `serve --hashes`: write a receiver's hello and, at once, the hash list
+ * of the image at path in `unit`-byte units (for verify). */
+int hashes_serve(struct transport *t, const char *path, enum image_format fmt, uint32_t unit,
+		 unsigned workers);
 
 #endif

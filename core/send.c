@@ -3,6 +3,7 @@
 #include "../formats/image.h"
 #include "../transport/transport.h"
 #include "error.h"
+#include "sync_hash.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,15 +15,10 @@ int send_block_prepare(struct block_job *j)
 {
 	struct proto_data *d = &j->rec;
 	memset(d, 0, sizeof *d);
-	j->skip = false;
 	j->wire_len = 0;
 	d->offset = j->off;
 	d->length = j->len;
 	hash128(j->buf, j->len, &d->hash);
-	if (j->have && j->have->has(j->have->ctx, j->off, j->len, &d->hash)) {
-		j->skip = true;
-		return 0;
-	}
 	uint8_t *payload = j->cbuf + PROTO_DATA_PAYLOAD_AT;
 	d->codec = WIRE_NONE;
 	d->clen = 0;
@@ -144,43 +140,32 @@ static int flush_zero(struct sender *s)
 
 /* ---- sink ---- */
 
-static int send_data(struct sink *base, uint64_t off, const void *buf, size_t len)
+/* One DATA record for [off, off+len) (within one block). */
+static int send_piece(struct sender *s, struct send_scratch *w, uint64_t off, const uint8_t *buf,
+		      size_t len)
 {
-	struct sender *s = (struct sender *)base;
-	if (len == 0)
-		return 0;
-	if (len > s->s.image.block_size)
-		return sp_err("internal error: %zu-byte data range exceeds the block size", len);
-	struct send_scratch *w = scratch_get(s);
-	if (!w)
-		return -1;
 	struct block_job j = {
 		.off = off, .buf = buf, .len = (uint32_t)len, .codec = &s->o.codec,
-		.have = s->o.have, .cc = w->cc, .cbuf = w->cbuf,
+		.cc = w->cc, .cbuf = w->cbuf,
 	};
-	int rc = send_block_prepare(&j);
-	if (rc == 0 && j.skip) {
-		stats_add(base->stats->bytes_unchanged, len);
-	} else if (rc == 0) {
-		pthread_mutex_lock(&s->lock);
-		if (flush_zero(s) < 0 || out(s, j.cbuf, j.wire_len) < 0) {
-			rc = -1;
-		} else {
-			proto_digest_data(&s->dg, off, j.rec.length, &j.rec.hash);
-			s->end.data_bytes += len;
-			s->end.data_records++;
-		}
-		pthread_mutex_unlock(&s->lock);
+	if (send_block_prepare(&j) < 0)
+		return -1;
+	int rc = 0;
+	pthread_mutex_lock(&s->lock);
+	if (flush_zero(s) < 0 || out(s, j.cbuf, j.wire_len) < 0) {
+		rc = -1;
+	} else {
+		proto_digest_data(&s->dg, off, j.rec.length, &j.rec.hash);
+		s->end.data_bytes += len;
+		s->end.data_records++;
 	}
-	scratch_put(s, w);
+	pthread_mutex_unlock(&s->lock);
 	return rc;
 }
 
-static int send_zero(struct sink *base, uint64_t off, uint64_t len)
+/* A ZERO range to send, merged with the pending one when adjacent. */
+static int queue_zero(struct sender *s, uint64_t off, uint64_t len)
 {
-	struct sender *s = (struct sender *)base;
-	if (len == 0)
-		return 0;
 	int rc = 0;
 	pthread_mutex_lock(&s->lock);
 	if (s->dead) {
@@ -196,6 +181,146 @@ static int send_zero(struct sink *base, uint64_t off, uint64_t len)
 	return rc;
 }
 
+static void count_changed(struct sender *s)
+{
+	__atomic_add_fetch(&s->units_changed, 1, __ATOMIC_RELAXED);
+}
+
+/* Data at a unit the receiver does not hold: count the unit once. */
+static void touch_unit(struct sender *s, uint64_t u)
+{
+	if (!s->touched || u >= s->touched_units) {
+		count_changed(s);
+		return;
+	}
+	uint64_t bit = 1ull << (u & 63);
+	if (!(__atomic_fetch_or(&s->touched[u >> 6], bit, __ATOMIC_RELAXED) & bit))
+		count_changed(s);
+}
+
+/* Is unit u (table entry idx) the same at both ends? whole: the unit's
+ * bytes when the caller holds all of them (else NULL: read the source);
+ * all_zero: the source's unit is known to read as zeros. */
+static int unit_verdict(struct sender *s, struct send_scratch **w, size_t idx, uint64_t u,
+			const uint8_t *whole, bool all_zero, uint8_t *v)
+{
+	struct sync_table *t = &s->table;
+	*v = sync_verdict_get(t, idx);
+	if (*v != SYNC_UNKNOWN)
+		return 0;
+	struct hash128 h;
+	if (all_zero) {
+		h = t->zero;
+	} else if (whole) {
+		hash128(whole, t->unit, &h);
+	} else {
+		if (!*w && !(*w = scratch_get(s)))
+			return -1;
+		if (!(*w)->ubuf && !((*w)->ubuf = malloc(t->unit)))
+			return sp_err("out of memory for a %u-byte hash unit", t->unit);
+		if (sync_hash_unit(s->src, u << t->unit_bits, t->unit, (*w)->ubuf, &h) < 0)
+			return -1;
+	}
+	*v = hash128_equal(&h, &t->hash[idx]) ? SYNC_SAME : SYNC_DIFFERS;
+	if (sync_verdict_set(t, idx, *v) && *v == SYNC_DIFFERS)
+		count_changed(s);
+	return 0;
+}
+
+/* Sync: send the parts of [off, off+len) whose units differ at the
+ * receiver, as few DATA records as the runs allow. */
+static int sync_data(struct sender *s, struct send_scratch *w, uint64_t off, const uint8_t *buf,
+		     size_t len)
+{
+	const struct sync_table *t = &s->table;
+	uint64_t size = s->s.image.size;
+	size_t pos = 0, pend = 0, plen = 0; /* pending piece to send: [pend, pend+plen) */
+	while (pos < len) {
+		uint64_t a = off + pos;
+		uint64_t u = a >> t->unit_bits, ustart = u << t->unit_bits;
+		uint64_t uend = size - ustart < t->unit ? size : ustart + t->unit;
+		size_t n = uend - a < len - pos ? (size_t)(uend - a) : len - pos;
+		long idx = sync_table_find(t, u);
+		bool need = true;
+		if (idx < 0) {
+			touch_unit(s, u);
+		} else {
+			bool whole = a == ustart && n == t->unit;
+			uint8_t v;
+			if (unit_verdict(s, &w, (size_t)idx, u, whole ? buf + pos : NULL, false, &v) < 0)
+				return -1;
+			need = v == SYNC_DIFFERS;
+		}
+		if (need) {
+			if (plen == 0)
+				pend = pos;
+			plen += n;
+		} else {
+			stats_add(s->bytes_unchanged, n);
+			if (plen && send_piece(s, w, off + pend, buf + pend, plen) < 0)
+				return -1;
+			plen = 0;
+		}
+		pos += n;
+	}
+	if (plen && send_piece(s, w, off + pend, buf + pend, plen) < 0)
+		return -1;
+	return 0;
+}
+
+static int send_data(struct sink *base, uint64_t off, const void *buf, size_t len)
+{
+	struct sender *s = (struct sender *)base;
+	if (len == 0)
+		return 0;
+	if (len > s->s.image.block_size)
+		return sp_err("internal error: %zu-byte data range exceeds the block size", len);
+	struct send_scratch *w = scratch_get(s);
+	if (!w)
+		return -1;
+	int rc = s->syncing ? sync_data(s, w, off, buf, len) : send_piece(s, w, off, buf, len);
+	scratch_put(s, w);
+	return rc;
+}
+
+/* Sync: the source reads as zeros over [off, off+len); only the units the
+ * receiver holds (and that differ) need a ZERO record. A terabyte of holes
+ * at both ends costs one table lookup. */
+static int sync_zero(struct sender *s, uint64_t off, uint64_t len)
+{
+	const struct sync_table *t = &s->table;
+	uint64_t end = off + len, size = s->s.image.size;
+	uint64_t u = off >> t->unit_bits, uu;
+	size_t idx;
+	struct send_scratch *w = NULL;
+	int rc = 0;
+	while (rc == 0 && sync_table_next(t, u, &idx, &uu)) {
+		uint64_t ustart = uu << t->unit_bits;
+		if (ustart >= end)
+			break;
+		uint64_t uend = size - ustart < t->unit ? size : ustart + t->unit;
+		uint64_t a = off > ustart ? off : ustart, b = end < uend ? end : uend;
+		uint8_t v;
+		rc = unit_verdict(s, &w, idx, uu, NULL, a == ustart && b == uend, &v);
+		if (rc == 0 && v == SYNC_DIFFERS)
+			rc = queue_zero(s, a, b - a);
+		u = uu + 1;
+	}
+	if (w)
+		scratch_put(s, w);
+	return rc;
+}
+
+static int send_zero(struct sink *base, uint64_t off, uint64_t len)
+{
+	struct sender *s = (struct sender *)base;
+	if (len == 0 || s->fresh)
+		return 0;
+	if (s->syncing)
+		return sync_zero(s, off, len);
+	return queue_zero(s, off, len);
+}
+
 /* END, then (over ssh/-e) wait for the receiver to say it flushed and
  * renamed: only then is the copy done. Called once the workers are done. */
 static int send_finish(struct sink *base)
@@ -205,6 +330,11 @@ static int send_finish(struct sink *base)
 		return -1;
 	if (s->src)
 		s->end.source_bytes_read = s->src->bytes_read - s->src_read0;
+	s->end.units_changed = s->units_changed;
+	s->end.bytes_unchanged = s->bytes_unchanged;
+	struct sp_stats *st = base->stats;
+	st->blocks_changed += s->units_changed;
+	st->bytes_unchanged += s->bytes_unchanged;
 	proto_digest_final(&s->dg, &s->end.digest);
 	uint8_t b[PROTO_FRAME_SIZE + PROTO_END_SIZE];
 	size_t n = proto_encode_end(b, &s->end);
@@ -222,10 +352,7 @@ static int send_finish(struct sink *base)
 	if (r.type != REC_ACK)
 		return sp_err("%s: unexpected record %u instead of the final ACK", s->s.peer, r.type);
 	s->ack = r.u.ack;
-	struct sp_stats *st = base->stats;
 	st->bytes_written += r.u.ack.bytes_written;
-	st->blocks_changed += r.u.ack.blocks_changed;
-	st->bytes_unchanged += r.u.ack.bytes_unchanged;
 	st->bytes_received = s->rd.bytes;
 	return 0;
 }
@@ -235,6 +362,23 @@ static const struct sink_ops sender_ops = {
 	.zero = send_zero,
 	.finish = send_finish,
 };
+
+/* Read the receiver's hash list (sync was agreed): it follows its hello,
+ * and we write nothing but our hello until all of it is in. */
+static int read_hash_list(struct sender *s)
+{
+	int rc = sync_table_read(&s->table, &s->rd);
+	s->base.stats->bytes_received = s->rd.bytes;
+	if (rc == PROTO_PEER_FAILED)
+		s->peer_failed = true;
+	if (rc < 0)
+		return -1;
+	if (s->table.fresh)
+		s->fresh = true;
+	else
+		s->syncing = true;
+	return 0;
+}
 
 int sender_open(struct sender *s, struct transport *t, const struct send_opts *o,
 		struct sp_stats *st)
@@ -259,8 +403,10 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 		return sp_err("out of memory");
 
 	struct proto_hello mine, peer;
-	proto_hello_init(&mine, ROLE_SENDER, o->stream ? HELLO_STREAM : 0, o->block_size,
-			 CAP_HASH_XXH3_128 | CAP_CODEC(WIRE_NONE) | CAP_CODEC(o->codec.codec));
+	uint64_t caps = CAP_HASH_XXH3_128 | CAP_CODEC(WIRE_NONE) | CAP_CODEC(o->codec.codec);
+	if (o->sync && !o->stream)
+		caps |= CAP_SYNC;
+	proto_hello_init(&mine, ROLE_SENDER, o->stream ? HELLO_STREAM : 0, o->block_size, caps);
 	if (proto_write_hello(t, &mine) < 0)
 		return -1;
 	st->bytes_sent = t->bytes_out;
@@ -276,10 +422,12 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 	if (!proto_codec_allowed(&s->s, o->codec.codec))
 		return sp_err("%s: the remote sparsync cannot decompress %s; use --compress none",
 			      t->name, codec_name(o->codec.codec));
+	if (s->s.caps & CAP_SYNC)
+		return read_hash_list(s);
 	return 0;
 }
 
-int sender_begin(struct sender *s, const struct image *src)
+int sender_begin(struct sender *s, struct image *src)
 {
 	s->src = src;
 	s->src_read0 = src->bytes_read;
@@ -293,6 +441,12 @@ int sender_begin(struct sender *s, const struct image *src)
 	s->s.image = im;
 	s->s.have_image = true;
 	proto_digest_image(&s->dg, &im);
+	if (s->syncing) {
+		/* Units not in the list that got data: counted once each. */
+		uint64_t units = im.size / s->table.unit + (im.size % s->table.unit != 0);
+		if (units <= (1ull << 28) && (s->touched = calloc(units / 64 + 1, sizeof *s->touched)))
+			s->touched_units = units;
+	}
 	uint8_t b[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE];
 	size_t n = proto_encode_image(b, &im);
 	return out(s, b, n);
@@ -320,8 +474,12 @@ void sender_free(struct sender *s)
 		s->idle = w->next;
 		codec_ctx_free(w->cc);
 		free(w->cbuf);
+		free(w->ubuf);
 		free(w);
 	}
+	sync_table_free(&s->table);
+	free(s->touched);
+	s->touched = NULL;
 	proto_reader_free(&s->rd);
 	proto_digest_free(&s->dg);
 	free(s->wbuf);

@@ -11,17 +11,10 @@
 #include "hash.h"
 #include "protocol.h"
 #include "sink.h"
+#include "sync_table.h"
 
 struct image;
 struct transport;
-
-/* Incremental sync (issue 6): what the receiver already holds. When set,
- * data whose hash the receiver has at the same offset is not sent. Called
- * from block workers, so it must be safe to call from several threads. */
-struct remote_have {
-	bool (*has)(void *ctx, uint64_t off, uint32_t len, const struct hash128 *h);
-	void *ctx;
-};
 
 struct send_opts {
 	struct codec_choice codec;
@@ -30,10 +23,12 @@ struct send_opts {
 	/* After a failed write, read the receiver's ERROR record to learn why
 	 * it stopped (the client does; serve must not block on its client). */
 	bool read_peer_error;
-	const struct remote_have *have; /* NULL: send all data */
+	/* Offer incremental sync (CAP_SYNC): when the receiver takes it, read
+	 * its hash list before any data and send only the units that differ. */
+	bool sync;
 };
 
-/* One block's CPU work (hash, have-check, compress, seal the record),
+/* One block's CPU work (hash, compress, seal the record),
  * kept apart from the transport so it runs in the engine's worker threads.
  * Each worker owns cc and cbuf. */
 struct block_job {
@@ -42,22 +37,22 @@ struct block_job {
 	const uint8_t *buf;
 	uint32_t len;
 	const struct codec_choice *codec;
-	const struct remote_have *have;
 	struct codec_ctx *cc;
 	uint8_t *cbuf;         /* room for PROTO_DATA_PAYLOAD_AT + len bytes */
 	/* out */
-	bool skip;             /* the receiver has these bytes already */
 	struct proto_data rec; /* the record's fields */
 	size_t wire_len;       /* the whole record is cbuf[0 .. wire_len) */
 };
 int send_block_prepare(struct block_job *j);
 
-/* Per-worker scratch: a codec context and a compression buffer. The
- * engine's workers call the sink concurrently; each call borrows one. */
+/* Per-worker scratch: a codec context, a compression buffer and (sync) a
+ * unit buffer. The engine's workers call the sink concurrently; each call
+ * borrows one. */
 struct send_scratch {
 	struct send_scratch *next;
 	struct codec_ctx *cc;
 	uint8_t *cbuf;
+	uint8_t *ubuf;         /* one hash unit, allocated on first need */
 };
 
 struct sender {
@@ -78,20 +73,29 @@ struct sender {
 	size_t wlen;
 	uint64_t zero_off, zero_len;   /* pending ZERO range, merged with the next */
 	struct proto_end end;
-	const struct image *src;
+	struct image *src;
 	uint64_t src_read0;
 	bool dead;                     /* a write failed: every later call fails */
 	char deadmsg[1024];
 	bool peer_failed;              /* the receiver told us why it stopped */
 	struct proto_ack ack;
+	/* Incremental sync: the receiver's hash list (when it sent one). */
+	bool syncing;                  /* compare with `table` */
+	bool fresh;                    /* the receiver starts from zeros: no ZERO records */
+	struct sync_table table;
+	uint64_t *touched;             /* bitmap: units not in the table already sent */
+	uint64_t touched_units;
+	uint64_t units_changed, bytes_unchanged; /* atomics */
 };
 
 /* Exchange hellos (stream: write ours only) and agree on codec and block
- * size. The sender must be freed with sender_free even on failure. */
+ * size; when both offered sync, read the receiver's whole hash list, which
+ * follows its hello. The sender must be freed with sender_free even on
+ * failure. */
 int sender_open(struct sender *s, struct transport *t, const struct send_opts *o,
 		struct sp_stats *st);
 /* Send the IMAGE record for src. */
-int sender_begin(struct sender *s, const struct image *src);
+int sender_begin(struct sender *s, struct image *src);
 /* After a failure: tell the peer (ERROR record) unless it told us.
  * Returns -1, or PROTO_PEER_FAILED when the peer reported the failure. */
 int sender_abort(struct sender *s);

@@ -411,11 +411,12 @@ static void test_records(void)
 
 	/* END, ERROR, ACK */
 	uint8_t e[PROTO_FRAME_SIZE + PROTO_END_SIZE];
-	struct proto_end end = { 1, 2, 3, 4, { { 9 } } };
+	struct proto_end end = { 1, 2, 3, 4, { { 9 } }, 5, 6 };
 	proto_encode_end(e, &end);
 	CHECK("END round trip", decode(&s, e, sizeof e, &r) == 0 && r.u.end.data_bytes == 1 &&
 					r.u.end.data_records == 2 && r.u.end.zero_bytes == 3 &&
-					r.u.end.source_bytes_read == 4 && r.u.end.digest.b[0] == 9);
+					r.u.end.source_bytes_read == 4 && r.u.end.digest.b[0] == 9 &&
+					r.u.end.units_changed == 5 && r.u.end.bytes_unchanged == 6);
 	uint8_t eb[PROTO_FRAME_SIZE + PROTO_ERROR_MAX + 1];
 	size_t en = proto_encode_error(eb, "disk: No space\nleft");
 	CHECK("ERROR round trip, control characters replaced",
@@ -685,11 +686,135 @@ static void test_end_to_end(void)
 	unlink(dp);
 }
 
+/* ---- HASHES (incremental sync) ---- */
+
+/* A sender session that agreed on CAP_SYNC. */
+static void tx_sync_session(struct proto_session *s)
+{
+	struct proto_hello snd, rcv;
+	proto_hello_init(&snd, ROLE_SENDER, 0, 65536, CAP_SUPPORTED);
+	proto_hello_init(&rcv, ROLE_RECEIVER, 0, PROTO_BLOCK_MAX, CAP_SUPPORTED);
+	proto_negotiate(s, "peer", ROLE_SENDER, &snd, &rcv);
+}
+
+/* A HASHES record with `count` hashes whose first byte is its index. */
+static size_t make_hashes(uint8_t *rec, uint64_t size, uint64_t off, uint32_t unit,
+			  uint32_t count, uint8_t flags)
+{
+	for (uint32_t i = 0; i < count; i++) {
+		memset(rec + PROTO_HASHES_AT + (size_t)i * HASH_SIZE, 0, HASH_SIZE);
+		rec[PROTO_HASHES_AT + (size_t)i * HASH_SIZE] = (uint8_t)i;
+	}
+	struct proto_hashes h = { .size = size, .offset = off, .unit = unit, .count = count,
+				  .flags = flags };
+	return proto_seal_hashes(rec, &h);
+}
+
+static void test_hashes(void)
+{
+	struct proto_session s;
+	struct proto_rec r;
+	uint8_t *rec = malloc(PROTO_HASHES_AT + (PROTO_HASHES_MAX + 1) * (size_t)HASH_SIZE);
+	const uint64_t size = (10u << 20) + 100; /* 161 units of 64 KiB, the last one short */
+	size_t n;
+
+	CHECK("CAP_SYNC is supported", (CAP_SUPPORTED & CAP_SYNC) != 0);
+	tx_sync_session(&s);
+	CHECK("sync negotiated", (s.caps & CAP_SYNC) != 0);
+	n = make_hashes(rec, size, 65536, 65536, 3, 0);
+	CHECK("HASHES round trip", decode(&s, rec, n, &r) == 0 && r.type == REC_HASHES &&
+					   r.u.hashes.offset == 65536 && r.u.hashes.count == 3 &&
+					   r.u.hashes.unit == 65536 && r.u.hashes.size == size &&
+					   r.u.hashes.hashes[2 * HASH_SIZE] == 2 && !s.hl.done);
+	n = make_hashes(rec, size, 65536 * 3, 65536, 1, 0);
+	CHECK("HASHES overlapping the previous refused", decode(&s, rec, n, &r) < 0 && msg_has("overlaps"));
+	n = make_hashes(rec, size, 65536 * 10 + 4096, 65536, 1, 0);
+	CHECK("unaligned HASHES refused", decode(&s, rec, n, &r) < 0 && msg_has("aligned"));
+	n = make_hashes(rec, size, 65536 * 10, 32768, 1, 0);
+	CHECK("HASHES changing the unit refused", decode(&s, rec, n, &r) < 0 && msg_has("changes"));
+	n = make_hashes(rec, size + 1, 65536 * 10, 65536, 1, 0);
+	CHECK("HASHES changing the size refused", decode(&s, rec, n, &r) < 0 && msg_has("changes"));
+	n = make_hashes(rec, size, 65536 * 160, 65536, 2, 0);
+	CHECK("HASHES past the size refused", decode(&s, rec, n, &r) < 0 && msg_has("runs past"));
+	n = make_hashes(rec, size, UINT64_MAX & ~65535ull, 65536, 1, 0);
+	CHECK("HASHES at a huge offset refused", decode(&s, rec, n, &r) < 0);
+	n = make_hashes(rec, size, 65536 * 160, 65536, 1, 0);
+	CHECK("HASHES for the short last unit accepted", decode(&s, rec, n, &r) == 0);
+	n = make_hashes(rec, size, 0, 65536, 0, 0);
+	CHECK("empty HASHES before the last refused", decode(&s, rec, n, &r) < 0 && msg_has("empty"));
+	n = make_hashes(rec, size, 0, 65536, 0, HASHES_LAST);
+	CHECK("empty last HASHES ends the list", decode(&s, rec, n, &r) == 0 && s.hl.done &&
+							 s.hl.total == 4);
+	n = make_hashes(rec, size, 0, 65536, 0, HASHES_LAST);
+	CHECK("HASHES after the last refused", decode(&s, rec, n, &r) < 0 && msg_has("after the end"));
+
+	tx_sync_session(&s);
+	n = make_hashes(rec, size, 0, 65536, 0, HASHES_LAST | HASHES_FRESH);
+	CHECK("fresh list accepted", decode(&s, rec, n, &r) == 0 && (r.u.hashes.flags & HASHES_FRESH));
+	tx_sync_session(&s);
+	n = make_hashes(rec, size, 0, 65536, 1, HASHES_LAST | HASHES_FRESH);
+	CHECK("fresh list with hashes refused", decode(&s, rec, n, &r) < 0 && msg_has("fresh"));
+	tx_sync_session(&s);
+	n = make_hashes(rec, size, 0, 65536, 1, 0x80);
+	CHECK("unknown HASHES flags refused", decode(&s, rec, n, &r) < 0 && msg_has("flags"));
+	n = make_hashes(rec, size, 0, 65536 + 4096, 1, 0);
+	CHECK("unit not a power of two refused", decode(&s, rec, n, &r) < 0 && msg_has("power of two"));
+	n = make_hashes(rec, size, 0, 2048, 1, 0);
+	CHECK("unit below 4 KiB refused", decode(&s, rec, n, &r) < 0);
+	n = make_hashes(rec, size, 0, 64u << 20, 1, 0);
+	CHECK("unit above 32 MiB refused", decode(&s, rec, n, &r) < 0);
+	n = make_hashes(rec, PROTO_SIZE_MAX + 1, 0, 65536, 1, 0);
+	CHECK("hashed size beyond the limit refused", decode(&s, rec, n, &r) < 0);
+	n = make_hashes(rec, size, 0, 65536, 2, 0);
+	rec[PROTO_FRAME_SIZE + 20] = 3; /* count says 3, body holds 2 */
+	reseal(rec);
+	CHECK("HASHES count mismatch refused", decode(&s, rec, n, &r) < 0 && msg_has("declares"));
+	n = make_hashes(rec, size, 0, 65536, 2, 0);
+	rec[PROTO_FRAME_SIZE + 30] = 1;
+	reseal(rec);
+	CHECK("HASHES reserved bytes refused", decode(&s, rec, n, &r) < 0 && msg_has("reserved"));
+	n = make_hashes(rec, size, 0, 65536, 2, 0);
+	rec[PROTO_HASHES_AT + 5] ^= 1;
+	CHECK("corrupt HASHES refused", decode(&s, rec, n, &r) < 0 && msg_has("checksum"));
+	uint8_t big[PROTO_FRAME_SIZE] = { REC_HASHES, 0, 0, 0 };
+	uint32_t blen = PROTO_HASHES_HEAD + (PROTO_HASHES_MAX + 1) * HASH_SIZE;
+	for (int i = 0; i < 4; i++)
+		big[4 + i] = (uint8_t)(blen >> (8 * i));
+	CHECK("HASHES over the record limit refused by the frame",
+	      proto_frame_decode(&s, big, &(uint8_t){ 0 }, &(uint32_t){ 0 }) < 0);
+	uint8_t odd[PROTO_FRAME_SIZE] = { REC_HASHES, 0, 0, 0, PROTO_HASHES_HEAD + 15, 0, 0, 0 };
+	CHECK("HASHES with a partial hash refused by the frame",
+	      proto_frame_decode(&s, odd, &(uint8_t){ 0 }, &(uint32_t){ 0 }) < 0);
+	CHECK("body limit covers a full HASHES record",
+	      proto_body_max(&s) >= PROTO_HASHES_HEAD + (size_t)PROTO_HASHES_MAX * HASH_SIZE);
+	n = make_hashes(rec, size, 0, 65536, PROTO_HASHES_MAX, 0);
+	{
+		struct proto_session b;
+		tx_sync_session(&b);
+		CHECK("a full HASHES record accepted",
+		      decode(&b, rec, make_hashes(rec, 1ull << 40, 0, 65536, PROTO_HASHES_MAX, 0), &r) == 0);
+		struct proto_session rx;
+		struct proto_hello snd, rcv;
+		proto_hello_init(&snd, ROLE_SENDER, 0, 65536, CAP_SUPPORTED);
+		proto_hello_init(&rcv, ROLE_RECEIVER, 0, PROTO_BLOCK_MAX, CAP_SUPPORTED);
+		proto_negotiate(&rx, "peer", ROLE_RECEIVER, &snd, &rcv);
+		n = make_hashes(rec, size, 0, 65536, 1, HASHES_LAST);
+		CHECK("HASHES refused by a receiver", decode(&rx, rec, n, &r) < 0 && msg_has("unexpected"));
+	}
+	/* The total limit: a list may not grow past PROTO_HASHES_TOTAL_MAX. */
+	tx_sync_session(&s);
+	s.hl.total = PROTO_HASHES_TOTAL_MAX - 1;
+	n = make_hashes(rec, 1ull << 40, 0, 65536, 2, 0);
+	CHECK("hash list over the total limit refused", decode(&s, rec, n, &r) < 0 && msg_has("longer"));
+	free(rec);
+}
+
 int main(void)
 {
 	test_hello();
 	test_negotiate();
 	test_records();
+	test_hashes();
 	test_digest();
 	test_codec_parse();
 	test_end_to_end();

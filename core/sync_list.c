@@ -1,0 +1,72 @@
+#include "sync_list.h"
+
+#include "../formats/image.h"
+#include "../transport/transport.h"
+#include "error.h"
+#include "protocol.h"
+#include "sync_hash.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct list_writer {
+	struct transport *t;
+	uint8_t *rec;            /* PROTO_HASHES_AT + PROTO_HASHES_MAX hashes */
+	struct proto_hashes h;   /* the record being filled */
+};
+
+static int flush_rec(struct list_writer *w, uint8_t flags)
+{
+	w->h.flags = flags;
+	size_t n = proto_seal_hashes(w->rec, &w->h);
+	int rc = transport_write(w->t, w->rec, n);
+	w->h.count = 0;
+	return rc;
+}
+
+static int emit(void *ctx, uint64_t off, const struct hash128 *h, uint32_t count)
+{
+	struct list_writer *w = ctx;
+	for (uint32_t i = 0; i < count; i++) {
+		uint64_t o = off + (uint64_t)i * w->h.unit;
+		if (w->h.count && (w->h.count == PROTO_HASHES_MAX ||
+				   o != w->h.offset + (uint64_t)w->h.count * w->h.unit)) {
+			if (flush_rec(w, 0) < 0)
+				return -1;
+		}
+		if (w->h.count == 0)
+			w->h.offset = o;
+		memcpy(w->rec + PROTO_HASHES_AT + (size_t)w->h.count * HASH_SIZE, h[i].b, HASH_SIZE);
+		w->h.count++;
+	}
+	return 0;
+}
+
+int sync_list_write(struct transport *t, struct image *img, uint32_t unit, unsigned workers)
+{
+	struct list_writer w = { .t = t };
+	w.h.size = img->size;
+	w.h.unit = unit;
+	w.rec = malloc(PROTO_HASHES_AT + (size_t)PROTO_HASHES_MAX * HASH_SIZE);
+	if (!w.rec)
+		return sp_err("%s: out of memory for the hash list", img->path);
+	int rc = sync_hash_image(img, unit, workers, emit, &w);
+	if (rc == 0) {
+		if (w.h.count == 0)
+			w.h.offset = 0;
+		rc = flush_rec(&w, HASHES_LAST);
+	}
+	free(w.rec);
+	return rc;
+}
+
+int sync_list_write_fresh(struct transport *t, uint64_t size)
+{
+	uint8_t rec[PROTO_HASHES_AT];
+	struct proto_hashes h = {
+		.size = size, .offset = 0, .unit = SYNC_UNIT_RAW, .count = 0,
+		.flags = HASHES_LAST | HASHES_FRESH,
+	};
+	size_t n = proto_seal_hashes(rec, &h);
+	return transport_write(t, rec, n);
+}
