@@ -9,7 +9,7 @@
 #include "../core/sink.h"
 #include "../formats/image.h"
 #include "../formats/qcow2.h"
-#include "backing_sink.h"
+#include "../core/backing_sink.h"
 
 #include <fcntl.h>
 #include <getopt.h>

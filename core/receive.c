@@ -1,6 +1,6 @@
 #include "receive.h"
 
-#include "../cmd/backing_sink.h" /* the --backing sink, shared with local copy */
+#include "backing_sink.h"
 #include "../transport/transport.h"
 #include "codec.h"
 #include "dest.h"

@@ -1,10 +1,9 @@
 /* A sink that writes a qcow2 overlay holding only what differs from its
- * backing image (copy --backing, shrink of an overlay). Defined in
- * cmd_copy_local.c. */
+ * backing image (copy --backing, shrink of an overlay). */
 #ifndef SPARSYNC_BACKING_SINK_H
 #define SPARSYNC_BACKING_SINK_H
 
-#include "../core/sink.h"
+#include "sink.h"
 
 struct image;
 
