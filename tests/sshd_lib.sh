@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # A throw-away OpenSSH server on 127.0.0.1 for integration tests.
 # Source after tests/lib.sh (which sets $T), then call sshd_start:
 #
@@ -79,8 +80,8 @@ sshd_start() {
 	[ -d /run/sshd ] || mkdir -p /run/sshd 2>/dev/null || true
 	_sshd_keys || { fail "sshd_start: ssh-keygen failed"; return 1; }
 
-	local try port=
-	for try in 1 2 3 4 5; do
+	local port=
+	for _ in 1 2 3 4 5; do
 		port=$(_sshd_free_port) || continue
 		_sshd_config "$port"
 		rm -f "$SSHD_DIR/sshd.pid"
@@ -145,8 +146,7 @@ sshd_stop() {
 	# Session processes are children of the listener; end them first.
 	pkill -TERM -P "$pid" 2>/dev/null
 	kill -TERM "$pid" 2>/dev/null
-	local i
-	for i in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
+	for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
 	kill -KILL "$pid" 2>/dev/null
 	return 0
 }

@@ -4,13 +4,15 @@
  * exec) runs in libssh2's blocking mode with a timeout; the stream runs
  * non-blocking with poll() so that neither direction can stall the other.
  *
- * libssh2 1.10 rules this file lives by (see docs/notes on libssh2):
+ * libssh2 1.10 rules this file lives by:
  *  - A packet libssh2 has half-sent must be finished by repeating the very
  *    call that started it before any other call that sends: another packet
  *    meets "address is different, EAGAIN" forever. Worst of all, reading
  *    while a channel-data packet is half-sent lets a server KEXINIT (its
- *    RekeyLimit) start a key exchange whose packets can then never go out.
- *    So `pending` remembers which call owns a half-sent packet (the session
+ *    RekeyLimit) start a key exchange whose packets can then never go out
+ *    (measured: draining stderr while waiting to send hung a 64 MB push
+ *    against RekeyLimit 32M; without that the same push completes). So
+ *    `pending` remembers which call owns a half-sent packet (the session
  *    says BLOCK_OUTBOUND) and only that call is repeated until it is done.
  *  - While our write is not in flight (the server's window is shut), we do
  *    read: stderr goes to our stderr and stdout is kept in `rbuf` for the
@@ -20,6 +22,9 @@
  *    send queue is empty (so it can never be half-sent), and nothing
  *    moving for DEAD_S is an error. TCP keepalive and TCP_USER_TIMEOUT
  *    cover a peer that vanished with our data unacknowledged.
+ *  - sshd silently drops data for a channel whose command has exited, so
+ *    a long write looks for the channel's close now and then (when nothing
+ *    of ours is half-sent) and fails instead of streaming into nowhere.
  *  - When the connection is already lost, the send/recv callbacks stop
  *    touching the socket (`dead`) so libssh2's own teardown cannot wait on
  *    a half-sent packet and everything is freed.
@@ -68,15 +73,18 @@ struct ssh_transport {
 	bool dead;           /* connection lost: callbacks stop using the socket */
 	bool broken;         /* session unusable: read/write fail, close frees */
 	bool eof_sent, stdout_eof;
+	bool remote_exited;  /* the channel closed under a write */
 	unsigned reads;
 	/* stdout that arrived while write() waited */
 	unsigned char *rbuf;
 	size_t roff, rlen, rcap;
 	/* liveness, CLOCK_MONOTONIC ms */
 	int64_t last_progress;  /* a byte sent or received */
+	int64_t op_start;       /* the current read/write/close began */
 	int64_t last_keepalive;
 	int64_t last_check;     /* write() last looked at incoming data */
 	uint64_t sent;          /* bytes the send callback put on the socket */
+	short revents;          /* what the last wait_io() saw */
 };
 
 /* ---- libssh2_init / libssh2_exit, once per process and session count ---- */
@@ -207,7 +215,10 @@ static unsigned socket_unsent(int sock)
 static int liveness(struct ssh_transport *t)
 {
 	int64_t now = now_ms();
-	int64_t quiet = now - t->last_progress;
+	/* Only time spent inside our calls counts: the caller may well have
+	 * been busy elsewhere since the last byte moved. */
+	int64_t since = t->last_progress > t->op_start ? t->last_progress : t->op_start;
+	int64_t quiet = now - since;
 	if (quiet >= (int64_t)DEAD_S * 1000) {
 		t->dead = true;
 		t->broken = true;
@@ -241,12 +252,6 @@ static int wait_io(struct ssh_transport *t)
 		ev = POLLIN;
 		timeout = 5;
 	}
-	if (getenv("SSHDBG")) {
-		unsigned long ra = 0, wi = 0;
-		unsigned long w = libssh2_channel_window_read_ex(t->ch, &ra, &wi);
-		fprintf(stderr, "DBG wait dirs=%d rwin=%lu avail=%lu init=%lu wwin=%lu rlen=%zu out=%lu pend=%d\n", dirs, w, ra, wi,
-			libssh2_channel_window_write(t->ch), t->rlen, (unsigned long)t->base.bytes_out, t->pending);
-	}
 	for (;;) {
 		if (liveness(t) < 0)
 			return -1;
@@ -258,6 +263,7 @@ static int wait_io(struct ssh_transport *t)
 			t->broken = true;
 			return sp_err("%s: poll: %s", t->base.name, strerror(errno));
 		}
+		t->revents = r > 0 ? p.revents : 0;
 		if (r > 0 || timeout != 1000)
 			return 0;
 	}
@@ -271,6 +277,7 @@ static bool remote_closed(struct ssh_transport *t)
 	memset(&fd, 0, sizeof fd);
 	fd.type = LIBSSH2_POLLFD_CHANNEL;
 	fd.fd.channel = t->ch;
+	fd.events = LIBSSH2_POLLFD_POLLIN; /* with none, libssh2_poll looks at nothing */
 	return libssh2_poll(&fd, 1, 0) >= 0 && (fd.revents & LIBSSH2_POLLFD_CHANNEL_CLOSED);
 }
 
@@ -295,10 +302,13 @@ static int drain_stderr(struct ssh_transport *t)
 
 /* libssh2 returned 0 without EOF: stderr packets may still be queued.
  * Nap briefly (woken early by incoming data) before looking again. */
-static void nap(struct ssh_transport *t)
+static int nap(struct ssh_transport *t)
 {
+	if (liveness(t) < 0)
+		return -1;
 	struct pollfd p = { .fd = t->sock, .events = POLLIN };
 	poll(&p, 1, 5);
+	return 0;
 }
 
 /* Finish a half-sent window adjust left by a read call. */
@@ -362,6 +372,14 @@ static int pump_incoming(struct ssh_transport *t)
 	return moved;
 }
 
+/* The remote command exited while we still had data for it: later writes
+ * fail at once; close() still learns its exit status. */
+static int remote_gone(struct ssh_transport *t)
+{
+	t->remote_exited = true;
+	return sp_err("%s: the remote command exited before reading all data", t->base.name);
+}
+
 /* ---- transport operations ---- */
 
 static int ssh_write(struct transport *base, const void *buf, size_t len)
@@ -371,6 +389,9 @@ static int ssh_write(struct transport *base, const void *buf, size_t len)
 		return sp_err("%s: the connection failed earlier", base->name);
 	if (t->eof_sent)
 		return sp_err("%s: stream already closed for writing", base->name);
+	t->op_start = now_ms();
+	if (t->remote_exited)
+		return sp_err("%s: the remote command exited before reading all data", base->name);
 	const char *p = buf;
 	int64_t stall_since = 0;
 	while (len > 0) {
@@ -384,17 +405,18 @@ static int ssh_write(struct transport *base, const void *buf, size_t len)
 			p += n;
 			len -= (size_t)n;
 			/* Nothing of ours is half-sent now: a safe moment to show the
-			 * remote's messages and notice that it has gone away (sshd
-			 * keeps granting window to a channel whose command died). */
+			 * remote's messages and to notice a remote that has gone
+			 * away with data still to come (sshd drops what a closed
+			 * channel receives, so writing on would fail only when the
+			 * window runs out). Once everything is handed over, a
+			 * remote that exited may well have read it all. */
 			int64_t now = now_ms();
-			if (now - t->last_check >= CHECK_EVERY_MS) {
+			if (len > 0 && now - t->last_check >= CHECK_EVERY_MS) {
 				t->last_check = now;
 				if (pump_incoming(t) < 0)
 					return -1;
-				if (t->pending == P_NONE && libssh2_channel_eof(t->ch) && remote_closed(t)) {
-					t->broken = true;
-					return sp_err("%s: the remote command exited before reading all data", base->name);
-				}
+				if (t->pending == P_NONE && libssh2_channel_eof(t->ch) && remote_closed(t))
+					return remote_gone(t);
 			}
 			continue;
 		}
@@ -406,17 +428,18 @@ static int ssh_write(struct transport *base, const void *buf, size_t len)
 			 * touch the session until it is done. libssh2 must send
 			 * something whenever the socket takes it; if it does not
 			 * for seconds, another half-sent packet blocks it (a
-			 * libssh2 1.10 bug): fail rather than spin forever. */
-			if (t->sent == sent0) {
+			 * libssh2 1.10 bug): fail rather than spin forever. A
+			 * socket that is not writable is no stall of ours. */
+			if (t->sent == sent0 && (t->revents & POLLOUT)) {
 				int64_t now = now_ms();
 				if (!stall_since)
 					stall_since = now;
 				else if (now - stall_since > 10000)
 					return fail(t, LIBSSH2_ERROR_SOCKET_SEND, "sending (libssh2 stalled)");
-			} else {
+			} else if (t->sent != sent0) {
 				stall_since = 0;
 			}
-			if (getenv("BADREAD")) drain_stderr(t);
+			t->revents = 0;
 			if (wait_io(t) < 0)
 				return -1;
 			continue;
@@ -430,10 +453,8 @@ static int ssh_write(struct transport *base, const void *buf, size_t len)
 		if (moved)
 			continue;
 		if (t->pending == P_NONE && libssh2_channel_window_write(t->ch) == 0 &&
-		    libssh2_channel_eof(t->ch) && remote_closed(t)) {
-			t->broken = true;
-			return sp_err("%s: the remote command exited before reading all data", base->name);
-		}
+		    libssh2_channel_eof(t->ch) && remote_closed(t))
+			return remote_gone(t);
 		if (wait_io(t) < 0)
 			return -1;
 	}
@@ -458,6 +479,7 @@ static ssize_t ssh_read(struct transport *base, void *buf, size_t len)
 		return sp_err("%s: the connection failed earlier", base->name);
 	if (t->pending == P_WRITE) /* cannot happen: write() finishes its packet */
 		return sp_err("%s: internal error: read during an unfinished write", base->name);
+	t->op_start = now_ms();
 	if (++t->reads % STDERR_EVERY == 0 && drain_stderr(t) < 0)
 		return -1;
 	for (;;) {
@@ -482,9 +504,7 @@ static ssize_t ssh_read(struct transport *base, void *buf, size_t len)
 		}
 		if (err > 0 || t->pending != P_NONE)
 			continue;
-		if (n == 0)
-			nap(t);
-		else if (wait_io(t) < 0)
+		if (n == 0 ? nap(t) < 0 : wait_io(t) < 0)
 			return -1;
 	}
 }
@@ -514,6 +534,7 @@ static int ssh_close_write(struct transport *base)
 		return 0;
 	if (t->broken)
 		return sp_err("%s: the connection failed earlier", base->name);
+	t->op_start = now_ms();
 	if (t->pending == P_READ && finish_read_pending(t) < 0)
 		return -1;
 	int rc;
@@ -541,7 +562,8 @@ static const struct {
  * stderr is shown. Returns the exit status or -1. */
 static int finish_channel(struct ssh_transport *t)
 {
-	int64_t deadline = now_ms() + (int64_t)CLOSE_TIMEOUT_S * 1000;
+	t->op_start = now_ms();
+	int64_t deadline = t->op_start + (int64_t)CLOSE_TIMEOUT_S * 1000;
 	if (!t->eof_sent && ssh_close_write(&t->base) < 0)
 		return -1;
 	char junk[32768];
@@ -569,9 +591,7 @@ static int finish_channel(struct ssh_transport *t)
 			t->dead = t->broken = true;
 			return -1;
 		}
-		if (n == 0)
-			nap(t);
-		else if (wait_io(t) < 0)
+		if (n == 0 ? nap(t) < 0 : wait_io(t) < 0)
 			return -1;
 	}
 	if (t->broken)
@@ -654,7 +674,6 @@ static void tune_socket(int fd)
 	int one = 1, idle = 30, intvl = 10, cnt = 3;
 	unsigned user_timeout = (unsigned)DEAD_S * 1000;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	if (getenv("BADSNDBUF")) { int sb = 8192; setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof sb); }
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);

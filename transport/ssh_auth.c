@@ -24,6 +24,7 @@ struct tally {
 	int left;            /* keys we may still offer */
 	char tried[512];     /* for the failure message */
 	bool rsa_refused;
+	int agent_unoffered; /* agent keys left untried (MaxAuthTries) */
 	bool broken;         /* the connection died: stop */
 	char broken_msg[256];
 };
@@ -143,6 +144,15 @@ static int try_agent(LIBSSH2_SESSION *s, const struct ssh_target *tg, struct tal
 				note_failure(s, t, rc);
 			}
 		}
+		if (ok != 0) {
+			struct libssh2_agent_publickey *id = NULL, *prev = NULL;
+			int total = 0;
+			while (libssh2_agent_get_identity(agent, &id, prev) == 0) {
+				prev = id;
+				total++;
+			}
+			t->agent_unoffered = total - offered;
+		}
 		libssh2_agent_disconnect(agent);
 	}
 	libssh2_agent_free(agent);
@@ -213,11 +223,10 @@ int ssh_authenticate(LIBSSH2_SESSION *s, const struct ssh_target *tg)
 	int agent_max = tg->identity_explicit ? AGENT_TRIES_WITH_FILES : MAX_TRIES;
 	if (try_agent(s, tg, &t, agent_max) == 0)
 		return 0;
-	for (size_t i = 0; i < tg->n_identities && t.left > 0 && !t.broken; i++) {
-		/* RSA files after the others unless the user named the order. */
+	/* In the order given (the defaults already put RSA last). */
+	for (size_t i = 0; i < tg->n_identities && t.left > 0 && !t.broken; i++)
 		if (try_file(s, tg, tg->identities[i], &t) == 0)
 			return 0;
-	}
 	if (t.broken)
 		return sp_err("%s: the server closed the connection during authentication as %s "
 			      "(too many keys offered? tried: %s): %s",
@@ -235,6 +244,11 @@ int ssh_authenticate(LIBSSH2_SESSION *s, const struct ssh_target *tg)
 			      "OpenSSH >= 8.8 servers when signed by libssh2 1.10 (SHA-1): use an ed25519 "
 			      "or ECDSA key, or -e ssh",
 			      tg->alias, user, t.tried);
+	if (t.agent_unoffered > 0)
+		return sp_err("%s: permission denied for %s: the server accepted none of the keys (tried: %s; "
+			      "ssh-agent holds %d more, not offered so as to stay under the server's "
+			      "MaxAuthTries: name the key with -i FILE)",
+			      tg->alias, user, t.tried, t.agent_unoffered);
 	return sp_err("%s: permission denied for %s: the server accepted none of the keys (tried: %s)",
 		      tg->alias, user, t.tried);
 }

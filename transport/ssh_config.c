@@ -3,8 +3,9 @@
  * ask it: `ssh -G HOST` prints the effective configuration without
  * connecting. From it we take HostName, Port, User, IdentityFile and the
  * first UserKnownHostsFile; the command line wins over it, and the
- * defaults fill in when ssh is missing or fails. Everything else
- * (ProxyJump, certificates, ...) needs `-e ssh`. */
+ * defaults fill in when ssh is missing or fails. A host reached through
+ * ProxyJump or ProxyCommand is refused with a pointer to `-e ssh`, which
+ * is also the way to everything else (certificates, ...). */
 #include "ssh_internal.h"
 
 #include "../core/error.h"
@@ -24,13 +25,14 @@
 #define SSH_G_TIMEOUT_MS 5000
 #define SSH_G_MAX_OUTPUT (256 * 1024)
 
+/* The passwd entry's home, as OpenSSH uses for "~" (not $HOME). */
 static const char *home_dir(void)
 {
-	const char *h = getenv("HOME");
-	if (h && *h)
-		return h;
 	struct passwd *pw = getpwuid(getuid());
-	return pw && pw->pw_dir ? pw->pw_dir : "/";
+	if (pw && pw->pw_dir && *pw->pw_dir)
+		return pw->pw_dir;
+	const char *h = getenv("HOME");
+	return h && *h ? h : "/";
 }
 
 char *ssh_expand_home(const char *path)
@@ -177,6 +179,7 @@ static bool is_default_identity(const char *v)
 
 struct ssh_G {
 	char *hostname, *user, *known_hosts;
+	char *proxy;  /* "ProxyJump x" / "ProxyCommand y": we cannot follow */
 	int port;
 	char **ids;
 	size_t n_ids;
@@ -210,6 +213,11 @@ static void parse_ssh_G(char *out, struct ssh_G *g)
 			if (end)
 				*end = '\0';
 			g->known_hosts = strdup(v);
+		} else if ((strcmp(line, "proxyjump") == 0 || strcmp(line, "proxycommand") == 0) &&
+			   strcmp(v, "none") != 0 && !g->proxy) {
+			size_t n = strlen(line) + strlen(v) + 2;
+			if ((g->proxy = malloc(n)))
+				snprintf(g->proxy, n, "%s %s", strcmp(line, "proxyjump") == 0 ? "ProxyJump" : "ProxyCommand", v);
 		} else if (strcmp(line, "identityfile") == 0) {
 			char **n = realloc(g->ids, (g->n_ids + 1) * sizeof *n);
 			if (n && (n[g->n_ids] = strdup(v))) {
@@ -229,6 +237,7 @@ static void free_ssh_G(struct ssh_G *g)
 	free(g->hostname);
 	free(g->user);
 	free(g->known_hosts);
+	free(g->proxy);
 	for (size_t i = 0; i < g->n_ids; i++)
 		free(g->ids[i]);
 	free(g->ids);
@@ -261,6 +270,12 @@ int ssh_target_resolve(const struct remote_opts *o, struct ssh_target *tg)
 		free(out);
 	}
 
+	if (g.proxy) {
+		sp_err("%s: your ssh configuration reaches this host through %s, which the built-in "
+		       "client cannot do; use -e ssh", o->host, g.proxy);
+		free_ssh_G(&g);
+		return -1;
+	}
 	tg->alias = strdup(o->host);
 	tg->host = strdup(g.hostname ? g.hostname : o->host);
 	tg->port = o->port ? o->port : g.port ? g.port : 22;
