@@ -53,6 +53,30 @@ build/unit-asan/%: tests/unit/%.c tests/unit/unit.h $(ASAN_LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) -O1 -g $(SAN_FLAGS) $(PKG_CFLAGS) -o $@ $< $(ASAN_LIB_OBJ) $(PKG_LIBS)
 
+# libFuzzer targets (tests/fuzz/): clang with fuzzer+ASan+UBSan, linked
+# against the library objects built the same way in build/fuzz/. Each runs
+# FUZZ_SECONDS on a copy of its seed corpus; any finding fails.
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang
+FUZZ_SAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+FUZZ_CFLAGS = $(BASE_CFLAGS) -O1 -g $(FUZZ_SAN)
+FUZZ_LIB_OBJ := $(LIB_SRC:%.c=build/fuzz/%.o)
+FUZZ_BIN := build/fuzz/fuzz_qcow2 build/fuzz/fuzz_protocol
+.SECONDARY: $(FUZZ_LIB_OBJ)
+
+fuzz:
+	@sh tests/install-deps.sh
+	@$(MAKE) --no-print-directory $(FUZZ_BIN)
+	@bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
+
+build/fuzz/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -MMD -MP -c -o $@ $<
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(PKG_CFLAGS) -o $@ $< $(FUZZ_LIB_OBJ) $(PKG_LIBS)
+
 deps:
 	@sh tests/install-deps.sh
 
@@ -83,4 +107,4 @@ uninstall:
 clean:
 	rm -rf build sparsync sparsync-asan
 
--include $(OBJ:.o=.d) $(ASAN_OBJ:.o=.d)
+-include $(OBJ:.o=.d) $(ASAN_OBJ:.o=.d) $(FUZZ_LIB_OBJ:.o=.d)
