@@ -1,0 +1,404 @@
+#!/bin/bash
+# sparsync side by side with rsync -S, tar -S | ssh, qemu-img convert and
+# cp --sparse=always: builds the test images, starts a loopback sshd with
+# throw-away keys, times every tool on every case, checks every result and
+# prints a markdown table (also written to bench/out/latest.md).
+# Knobs are environment variables; see bench/README.md.
+set -u -o pipefail
+export LC_ALL=C
+
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SPARSYNC=${SPARSYNC:-$TOP/sparsync}
+if [ -z "${BENCH_DIR:-}" ]; then
+	if [ -d /work ] && [ -w /work ]; then BENCH_DIR=/work/tmp-bench
+	else BENCH_DIR=/var/tmp/sparsync-bench; fi
+fi
+KEEP=${KEEP:-0}
+BENCH_CASES=${BENCH_CASES:-local frag tib push}
+BENCH_FS_SIZE=${BENCH_FS_SIZE:-8G}
+BENCH_FS_TREE=${BENCH_FS_TREE:-/usr/share}
+BENCH_FRAG_SIZE=${BENCH_FRAG_SIZE:-4G}
+BENCH_FRAG_STRIDE=${BENCH_FRAG_STRIDE:-1M}
+BENCH_TIB_SIZE=${BENCH_TIB_SIZE:-1T}
+BENCH_TIB_DATA=${BENCH_TIB_DATA:-100M}
+BENCH_TIB_CHUNK=${BENCH_TIB_CHUNK:-1M}
+BENCH_CHANGE_PCT=${BENCH_CHANGE_PCT:-1}
+BENCH_CHANGE_WRITE=${BENCH_CHANGE_WRITE:-4K}
+BENCH_REPEAT=${BENCH_REPEAT:-3}            # runs of each quick command (median reported)
+BENCH_PEER_REPEAT=${BENCH_PEER_REPEAT:-1}  # runs of rsync/tar on the fs image (slow)
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}          # rsync -S on the 1 TiB file
+BENCH_CMD_TIMEOUT=${BENCH_CMD_TIMEOUT:-900}  # any other timed command
+BENCH_STRICT=${BENCH_STRICT:-0}              # 1: unmet targets fail the run too
+BENCH_WAIT_QUIET=${BENCH_WAIT_QUIET:-0}      # wait up to N s for idle cores before each run
+SPARSYNC_OPTS=${SPARSYNC_OPTS:-}             # extra options for every sparsync copy
+if [ -z "${DROP_CACHES:-}" ]; then
+	DROP_CACHES=0
+	[ "$(id -u)" = 0 ] && [ -e /proc/sys/vm/drop_caches ] && DROP_CACHES=1
+fi
+
+B=$BENCH_DIR
+IMG=$B/img          # source images (kept between runs with KEEP=1)
+L=$B/local          # local destinations
+R=$B/remote         # what the loopback sshd writes
+W=$B/work           # timings, logs, wrappers
+OUT=$TOP/bench/out
+TSV=$W/results.tsv
+PY=python3
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "bench: $*"; exit 1; }
+want() { case " $BENCH_CASES " in *" $1 "*|*" all "*) return 0;; esac; return 1; }
+human_bytes() { numfmt --to=iec-i --suffix=B --format=%.1f "$1" 2>/dev/null || echo "$1"; }
+alloc() { [ -e "$1" ] && echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )) || echo ""; }
+
+# ---------------------------------------------------------------- setup
+for c in "$SPARSYNC" /usr/bin/time timeout qemu-img mke2fs rsync tar cmp "$PY" numfmt; do
+	command -v "$c" >/dev/null 2>&1 || die "missing $c (make bench installs the peers; make builds sparsync)"
+done
+mkdir -p "$IMG" "$L" "$R" "$W/bin" "$OUT" || die "cannot create $B"
+# A copy of the binary under test: a rebuild during the run changes nothing.
+cp "$SPARSYNC" "$W/bin/sparsync" || die "cannot copy $SPARSYNC"
+SPARSYNC=$W/bin/sparsync
+: >"$TSV"
+
+SSHD_UP=0
+cleanup() {
+	[ "$SSHD_UP" = 1 ] && sshd_stop
+	[ -f "$IMG/fs.raw.journal" ] && $PY "$TOP/bench/imgtool.py" restore "$IMG/fs.raw" "$IMG/fs.raw.journal"
+	rm -rf "$L" "$R" "$B/sshd"
+	if [ "$KEEP" = 1 ]; then say "bench: KEEP=1, images left in $IMG"
+	else rm -rf "$IMG" "$W"; rmdir "$B" 2>/dev/null; fi
+	return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Share of the CPUs busy (all processes) over the next 0.3 s, in percent.
+cpu_busy() {
+	local a b
+	a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+	sleep 0.3
+	b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+	echo "$a $b" | awk '{d=($3-$1)+($4-$2); print (d>0) ? int(100*($3-$1)/d) : 0}'
+}
+
+# Before a timed run: wait (up to BENCH_WAIT_QUIET s) for the machine to go
+# idle, then note how busy it was in BUSY (shown in the table).
+settle() {
+	local t0=$SECONDS
+	BUSY=$(cpu_busy)
+	while [ "$BUSY" -gt 15 ] && [ $((SECONDS - t0)) -lt "$BENCH_WAIT_QUIET" ]; do
+		sleep 1; BUSY=$(cpu_busy)
+	done
+}
+
+drop_caches() {
+	sync
+	[ "$DROP_CACHES" = 1 ] && echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
+	return 0
+}
+
+# A wrapper that measures the remote process's peak RSS: the remote half
+# of sparsync, rsync and tar run under sshd, not under our /usr/bin/time.
+for t in sparsync rsync; do
+	real=$SPARSYNC; [ $t = rsync ] && real=$(command -v rsync)
+	cat >"$W/bin/$t-remote" <<EOF
+#!/bin/sh
+exec /usr/bin/time -f '%M' -a -o '$W/remote-rss' '$real' "\$@"
+EOF
+	chmod +x "$W/bin/$t-remote"
+done
+REMOTE_TIME="/usr/bin/time -f %M -a -o $W/remote-rss"
+
+# ---------------------------------------------------------------- images
+# Rebuilt only when missing or built with other parameters (KEEP=1 keeps them).
+stamp_ok() { [ -f "$IMG/$1" ] && [ -f "$IMG/$1.stamp" ] && [ "$(cat "$IMG/$1.stamp")" = "$2" ]; }
+build() { # NAME STAMP CMD...
+	local name=$1 st=$2 t0; shift 2
+	if stamp_ok "$name" "$st"; then say "bench: reusing $IMG/$name"; return 0; fi
+	rm -f "$IMG/$name" "$IMG/$name.stamp"
+	say "bench: building $name ($st)"
+	t0=$(date +%s%N)
+	"$@" || die "building $name failed"
+	echo "$st" >"$IMG/$name.stamp"
+	say "bench: $name built in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+}
+[ -f "$IMG/fs.raw.journal" ] && $PY "$TOP/bench/imgtool.py" restore "$IMG/fs.raw" "$IMG/fs.raw.journal"
+
+mk_fs() {
+	rm -f "$IMG/fs.qcow2" "$IMG/fs.qcow2.stamp"
+	truncate -s "$BENCH_FS_SIZE" "$IMG/fs.raw" &&
+	mke2fs -q -F -t ext4 -L sparsync-bench -d "$BENCH_FS_TREE" "$IMG/fs.raw"
+}
+mk_qcow2() { qemu-img convert -f raw -O qcow2 "$IMG/fs.raw" "$IMG/fs.qcow2"; }
+mk_frag() { $PY "$TOP/bench/imgtool.py" frag "$IMG/frag.raw" "$BENCH_FRAG_SIZE" "$BENCH_FRAG_STRIDE" 7 >"$IMG/frag.count"; }
+mk_tib() { $PY "$TOP/bench/imgtool.py" sparse "$IMG/tib.raw" "$BENCH_TIB_SIZE" "$BENCH_TIB_DATA" "$BENCH_TIB_CHUNK" 11 >/dev/null; }
+
+if want local || want push; then
+	build fs.raw "ext4 $BENCH_FS_SIZE -d $BENCH_FS_TREE" mk_fs
+fi
+want local && build fs.qcow2 "qcow2 of $(cat "$IMG/fs.raw.stamp")" mk_qcow2
+want frag && build frag.raw "frag $BENCH_FRAG_SIZE stride $BENCH_FRAG_STRIDE" mk_frag
+want tib && build tib.raw "sparse $BENCH_TIB_SIZE data $BENCH_TIB_DATA chunk $BENCH_TIB_CHUNK" mk_tib
+
+# Room for the destinations: up to three copies of the fs image's data
+# exist at once (local, or two remote ones plus a tar copy).
+if [ -f "$IMG/fs.raw" ]; then
+	need=$(( $($PY "$TOP/bench/imgtool.py" datasize "$IMG/fs.raw") * 3 + (1 << 30) ))
+	avail=$(( $(df -Pk "$B" | awk 'NR==2{print $4}') * 1024 ))
+	[ "$avail" -ge "$need" ] || die "$B: $(human_bytes "$avail") free, the run needs about $(human_bytes "$need")"
+fi
+
+# ---------------------------------------------------------------- machine
+{
+	echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "- machine: $(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)," \
+		"kernel $(uname -r), memory $(awk '/MemTotal/{t=$2}/MemAvailable/{a=$2}END{printf "%.1f GiB total, %.1f GiB available", t/1048576, a/1048576}' /proc/meminfo)"
+	echo "- load average at the start: $(cut -d' ' -f1-3 /proc/loadavg) (anything above ~0.5 means something else shares the cores)"
+	echo "- disk: $(df -T "$B" | awk 'NR==2{print $2 " on " $1}'), page cache dropped before each run: $([ "$DROP_CACHES" = 1 ] && echo yes || echo no); every timed command ends with sync"
+	echo "- versions: sparsync $(cd "$TOP" && git describe --always --dirty 2>/dev/null || echo '?'), $(rsync --version | head -1 | awk '{print "rsync " $3}'), $(tar --version | head -1), $(qemu-img --version | head -1 | awk '{print "qemu-img " $3}'), $(ssh -V 2>&1 | cut -d, -f1)"
+	for f in fs.raw frag.raw tib.raw fs.qcow2; do
+		[ -f "$IMG/$f" ] || continue
+		case $f in
+		fs.raw) what="ext4 made by mke2fs -d $BENCH_FS_TREE";;
+		frag.raw) what="$(cat "$IMG/frag.count" 2>/dev/null || echo '?') 4 KiB blocks, one per $BENCH_FRAG_STRIDE, plus 64 KiB zero-filled blocks";;
+		tib.raw) what="$BENCH_TIB_DATA of data in $BENCH_TIB_CHUNK chunks";;
+		fs.qcow2) what="qemu-img convert -O qcow2 of fs.raw";;
+		esac
+		if [ "$f" = fs.qcow2 ]; then
+			echo "- image $f: $(human_bytes "$(stat -c %s "$IMG/$f")") file; $what"
+		else
+			echo "- image $f: $(human_bytes "$(stat -c %s "$IMG/$f")") virtual, $(human_bytes "$($PY "$TOP/bench/imgtool.py" datasize "$IMG/$f")") data; $what"
+		fi
+	done
+} >"$W/machine.md"
+cat "$W/machine.md" >&2
+
+# ---------------------------------------------------------------- sshd
+if want push || want tib; then
+	# tests/sshd_lib.sh wants $T (its scratch dir), $TEST_NAME and fail().
+	T=$B/sshd; TEST_NAME=bench; mkdir -p "$T"
+	fail() { say "bench: $*"; }
+	# shellcheck source=../tests/sshd_lib.sh
+	. "$TOP/tests/sshd_lib.sh"
+	trap cleanup EXIT          # sshd_lib.sh replaced it
+	if sshd_start >&2; then SSHD_UP=1; say "bench: sshd on 127.0.0.1:$SSHD_PORT"
+	else say "bench: no sshd: the ssh cases are marked FAILED"; fi
+	SSH="ssh -F ${SSH_CONFIG:-/dev/null}"
+fi
+
+# ---------------------------------------------------------------- timing
+# record CASE TOOL STATUS SECS SENT RECEIVED RSS_KB REMOTE_RSS_KB DST_ALLOC NOTE BUSY
+record() {
+	local IFS=$'\t'
+	echo "$*" >>"$TSV"
+	say "$(printf 'bench: %-28s %-20s %-7s %7s s  wire %s/%s  rss %s/%s KiB  %s' \
+		"$1" "$2" "$3" "$4" "${5:--}" "${6:--}" "${7:--}" "${8:--}" "${10:-}")"
+}
+
+# bench_run CASE TOOL WIRE DST CHECK CMD [TIMEOUT]
+#   WIRE:  how bytes on the wire are found: none | json (sparsync --json
+#          bytes_sent) | rsync (--stats) | dd (dd's byte count in $W/err.dd)
+#   DST:   the result file (its allocated size goes in the table), or ""
+#   CHECK: bash code run after CMD succeeded; non-zero marks the row FAILED
+#   CMD:   bash code; timed with `sync` appended, after dropping caches
+# Set for one call: REPS=N runs CMD N times and reports the median time (the
+# largest RSS, the last run's wire bytes; CHECK runs after the last run);
+# PREP is bash code run untimed before each run (e.g. removing DST).
+bench_run() {
+	local case=$1 tool=$2 wire=$3 dst=$4 check=$5 cmd=$6 tmo=${7:-$BENCH_CMD_TIMEOUT}
+	local reps=${REPS:-1} prep=${PREP:-}
+	local i rc=0 secs rss rrss maxrss=0 maxrrss='' sent='' recv='' status=ok note='' times=() busy=()
+	say "bench: run  $case / $tool$( [ "$reps" -gt 1 ] && echo " ($reps runs)")"
+	echo "$cmd" >"$W/cmd"
+	for ((i = 1; i <= reps; i++)); do
+		[ -n "$prep" ] && bash -c "$prep"
+		: >"$W/remote-rss"; rm -f "$W/err.dd"
+		drop_caches
+		settle; busy+=("$BUSY")
+		/usr/bin/time -f '%e %M' -o "$W/time" timeout "$tmo" bash -c "$cmd && sync" >"$W/out" 2>"$W/err"
+		rc=$?
+		# A killed pipeline leaves its remote half running until it sees
+		# EOF: let it finish so it neither writes into the next row's
+		# remote RSS nor holds the CPU during the next timing.
+		if [ $rc = 124 ] && [ "$wire" != none ]; then
+			local k; for k in $(seq 1 300); do : "$k"; [ -s "$W/remote-rss" ] && break; sleep 0.1; done
+		fi
+		read -r secs rss < <(tail -1 "$W/time")
+		times+=("$secs")
+		[ "${rss:-0}" -gt "$maxrss" ] && maxrss=$rss
+		rrss=$(sort -n "$W/remote-rss" | tail -1)
+		[ -n "$rrss" ] && { [ -z "$maxrrss" ] || [ "$rrss" -gt "$maxrrss" ]; } && maxrrss=$rrss
+		[ $rc != 0 ] && break
+	done
+	if [ ${#times[@]} -gt 1 ] && [ $rc = 0 ]; then
+		secs=$(printf '%s\n' "${times[@]}" | sort -g | sed -n "$(( (${#times[@]} + 1) / 2 ))p")
+		note="median of ${#times[@]}: ${times[*]}"
+	fi
+	case $wire in
+	json)
+		sent=$(sed -n 's/.*"bytes_sent":\([0-9]*\).*/\1/p' "$W/out" | tail -1)
+		recv=$(sed -n 's/.*"bytes_received":\([0-9]*\).*/\1/p' "$W/out" | tail -1);;
+	rsync)
+		sent=$(sed -n 's/^Total bytes sent: *\([0-9,]*\).*/\1/p' "$W/out" | tr -d ,)
+		recv=$(sed -n 's/^Total bytes received: *\([0-9,]*\).*/\1/p' "$W/out" | tr -d ,);;
+	dd) # tar's stream; nothing comes back but ssh's own messages
+		sent=$(sed -n 's/^\([0-9]*\) bytes.*copied.*/\1/p' "$W/err.dd" 2>/dev/null | tail -1)
+		[ -n "$sent" ] && recv=0;;
+	esac
+	if [ $rc = 124 ]; then
+		status=TIMEOUT; note="killed after $tmo s"
+		case $tool in sparsync*) status=FAILED;; esac
+	elif [ $rc != 0 ]; then
+		status=FAILED
+		note="exit $rc: $(grep -v '^Command exited' "$W/err" | tail -3 | tr '\n\t' '  ' | cut -c1-200)"
+	elif [ -n "$check" ]; then
+		if ! bash -c "$check" >"$W/check.out" 2>&1; then
+			status=FAILED; note="check failed: $(tail -2 "$W/check.out" | tr '\n\t' '  ' | cut -c1-200)"
+		fi
+	fi
+	record "$case" "$tool" "$status" "$secs" "$sent" "$recv" "$maxrss" "$maxrrss" "$( [ -n "$dst" ] && alloc "$dst")" "$note" \
+		"$(printf '%s\n' "${busy[@]}" | sort -n | tail -1)"
+	if [ "$status" = FAILED ]; then sed 's/^/    | /' "$W/err" | tail -5 >&2; fi
+}
+
+# A fresh copy, BENCH_REPEAT times: the destination is removed before each
+# run (an existing destination would turn sparsync's copy into a sync).
+bench_fresh() { REPS=${REPS:-$BENCH_REPEAT} PREP="rm -f '$4'" bench_run "$@"; }
+
+# Checks (bash code strings, so they run after the timed command).
+same_raw() { echo "$PY '$TOP/bench/imgtool.py' cmp '$1' '$2'"; }  # every byte, like cmp
+same_img() { # SRC SRCFMT DST DSTFMT: hole-aware (never cmp a 1 TiB file), qcow2 checked
+	local c="qemu-img compare -q -f $2 -F $4 '$1' '$3'"
+	[ "$4" = qcow2 ] && c="qemu-img check -q '$3' && $c"
+	echo "$c"
+}
+
+skip_ssh() { # CASE TOOL...: mark ssh rows FAILED when there is no sshd
+	local case=$1 t; shift
+	for t in "$@"; do record "$case" "$t" FAILED "" "" "" "" "" "" "no sshd" ""; done
+}
+
+SP="$SPARSYNC copy --json -q $SPARSYNC_OPTS"
+
+# ---------------------------------------------------------------- local cases
+if want local; then
+	c="fs: local raw->raw"
+	bench_fresh "$c" sparsync none "$L/s.raw" "$(same_raw "$IMG/fs.raw" "$L/s.raw")" \
+		"$SP '$IMG/fs.raw' '$L/s.raw'"
+	bench_fresh "$c" "qemu-img convert" none "$L/q.raw" "$(same_raw "$IMG/fs.raw" "$L/q.raw")" \
+		"qemu-img convert -f raw -O raw '$IMG/fs.raw' '$L/q.raw'"
+	bench_fresh "$c" "cp --sparse=always" none "$L/c.raw" "$(same_raw "$IMG/fs.raw" "$L/c.raw")" \
+		"cp --sparse=always '$IMG/fs.raw' '$L/c.raw'"
+	rm -f "$L"/*
+
+	c="fs: local raw->qcow2"
+	bench_fresh "$c" sparsync none "$L/s.qcow2" "$(same_img "$IMG/fs.raw" raw "$L/s.qcow2" qcow2)" \
+		"$SP -O qcow2 '$IMG/fs.raw' '$L/s.qcow2'"
+	bench_fresh "$c" "qemu-img convert" none "$L/q.qcow2" "$(same_img "$IMG/fs.raw" raw "$L/q.qcow2" qcow2)" \
+		"qemu-img convert -f raw -O qcow2 '$IMG/fs.raw' '$L/q.qcow2'"
+	rm -f "$L"/*
+
+	c="fs: local qcow2->raw"
+	bench_fresh "$c" sparsync none "$L/s.raw" "$(same_raw "$IMG/fs.raw" "$L/s.raw")" \
+		"$SP -O raw '$IMG/fs.qcow2' '$L/s.raw'"
+	bench_fresh "$c" "qemu-img convert" none "$L/q.raw" "$(same_raw "$IMG/fs.raw" "$L/q.raw")" \
+		"qemu-img convert -f qcow2 -O raw '$IMG/fs.qcow2' '$L/q.raw'"
+	rm -f "$L"/*
+fi
+
+if want frag; then
+	c="frag: local raw->raw"
+	bench_fresh "$c" sparsync none "$L/s.raw" "$(same_raw "$IMG/frag.raw" "$L/s.raw")" \
+		"$SP '$IMG/frag.raw' '$L/s.raw'"
+	bench_fresh "$c" "qemu-img convert" none "$L/q.raw" "$(same_raw "$IMG/frag.raw" "$L/q.raw")" \
+		"qemu-img convert -f raw -O raw '$IMG/frag.raw' '$L/q.raw'"
+	bench_fresh "$c" "cp --sparse=always" none "$L/c.raw" "$(same_raw "$IMG/frag.raw" "$L/c.raw")" \
+		"cp --sparse=always '$IMG/frag.raw' '$L/c.raw'"
+	rm -f "$L"/*
+fi
+
+if want tib; then
+	c="1 TiB: local copy"
+	bench_fresh "$c" sparsync none "$L/s.raw" "$(same_img "$IMG/tib.raw" raw "$L/s.raw" raw)" \
+		"$SP '$IMG/tib.raw' '$L/s.raw'"
+	bench_fresh "$c" "qemu-img convert" none "$L/q.raw" "$(same_img "$IMG/tib.raw" raw "$L/q.raw" raw)" \
+		"qemu-img convert -f raw -O raw '$IMG/tib.raw' '$L/q.raw'"
+	bench_fresh "$c" "cp --sparse=always" none "$L/c.raw" "$(same_img "$IMG/tib.raw" raw "$L/c.raw" raw)" \
+		"cp --sparse=always '$IMG/tib.raw' '$L/c.raw'"
+	rm -f "$L"/*
+
+	c="1 TiB: push fresh (ssh)"
+	if [ "$SSHD_UP" = 1 ]; then
+		mkdir -p "$R/tib-s" "$R/tib-t" "$R/tib-r"
+		bench_fresh "$c" sparsync json "$R/tib-s/tib.raw" "$(same_img "$IMG/tib.raw" raw "$R/tib-s/tib.raw" raw)" \
+			"$SP $(sparsync_ssh_opts) --remote-path '$W/bin/sparsync-remote' '$IMG/tib.raw' '127.0.0.1:$R/tib-s/tib.raw'"
+		bench_fresh "$c" "tar -S | ssh" dd "$R/tib-t/tib.raw" "$(same_img "$IMG/tib.raw" raw "$R/tib-t/tib.raw" raw)" \
+			"tar -C '$IMG' -cSf - tib.raw | dd bs=1M 2>'$W/err.dd' | $SSH sparsync-test '$REMOTE_TIME tar -C $R/tib-t -xSf -'"
+		REPS=1 bench_fresh "$c" "rsync -S" rsync "$R/tib-r/tib.raw" "$(same_img "$IMG/tib.raw" raw "$R/tib-r/tib.raw" raw)" \
+			"rsync -S --stats --rsync-path='$W/bin/rsync-remote' -e '$SSH' '$IMG/tib.raw' 'sparsync-test:$R/tib-r/tib.raw'" \
+			"$BENCH_TIMEOUT"
+		rm -rf "$R"/tib-*
+	else
+		skip_ssh "$c" sparsync "tar -S | ssh" "rsync -S"
+	fi
+fi
+
+# ---------------------------------------------------------------- ssh pushes
+if want push; then
+	src=$IMG/fs.raw
+	mkdir -p "$R/s" "$R/e" "$R/r" "$R/t" "$R/z"
+	c="fs: push fresh (ssh)"
+	if [ "$SSHD_UP" = 1 ]; then
+		bench_fresh "$c" sparsync json "$R/s/fs.raw" "$(same_raw "$src" "$R/s/fs.raw")" \
+			"$SP $(sparsync_ssh_opts) --remote-path '$W/bin/sparsync-remote' '$src' '127.0.0.1:$R/s/fs.raw'"
+		bench_fresh "$c" "sparsync -e ssh" json "$R/e/fs.raw" "$(same_raw "$src" "$R/e/fs.raw")" \
+			"$SP -e '$SSH' --remote-path '$W/bin/sparsync-remote' '$src' 'sparsync-test:$R/e/fs.raw'"
+		rm -f "$R/e/fs.raw"
+		REPS=$BENCH_PEER_REPEAT bench_fresh "$c" "rsync -S" rsync "$R/r/fs.raw" "$(same_raw "$src" "$R/r/fs.raw")" \
+			"rsync -S --stats --rsync-path='$W/bin/rsync-remote' -e '$SSH' '$src' 'sparsync-test:$R/r/fs.raw'"
+		REPS=$BENCH_PEER_REPEAT bench_fresh "$c" "tar -S | ssh" dd "$R/t/fs.raw" "$(same_raw "$src" "$R/t/fs.raw")" \
+			"tar -C '$IMG' -cSf - fs.raw | dd bs=1M 2>'$W/err.dd' | $SSH sparsync-test '$REMOTE_TIME tar -C $R/t -xSf -'"
+		rm -f "$R/t/fs.raw"
+		REPS=$BENCH_PEER_REPEAT bench_fresh "$c" "tar -Sz | ssh" dd "$R/z/fs.raw" "$(same_raw "$src" "$R/z/fs.raw")" \
+			"tar -C '$IMG' -cSzf - fs.raw | dd bs=1M 2>'$W/err.dd' | $SSH sparsync-test '$REMOTE_TIME tar -C $R/z -xSzf -'"
+		rm -f "$R/z/fs.raw"
+
+		c="fs: push unchanged (ssh)"
+		REPS=$BENCH_REPEAT bench_run "$c" sparsync json "$R/s/fs.raw" "$(same_raw "$src" "$R/s/fs.raw")" \
+			"$SP $(sparsync_ssh_opts) --remote-path '$W/bin/sparsync-remote' '$src' '127.0.0.1:$R/s/fs.raw'"
+		REPS=$BENCH_PEER_REPEAT bench_run "$c" "rsync -S" rsync "$R/r/fs.raw" "$(same_raw "$src" "$R/r/fs.raw")" \
+			"rsync -S --stats --rsync-path='$W/bin/rsync-remote' -e '$SSH' '$src' 'sparsync-test:$R/r/fs.raw'"
+
+		c="fs: push ${BENCH_CHANGE_PCT}% changed (ssh)"
+		read -r nchg nunits < <($PY "$TOP/bench/imgtool.py" change "$src" "$src.journal" \
+			"$BENCH_CHANGE_PCT" "$BENCH_CHANGE_WRITE" 64K 13) || die "changing $src failed"
+		say "bench: changed $BENCH_CHANGE_WRITE in $nchg of $nunits 64 KiB data blocks of fs.raw"
+		echo "- ${BENCH_CHANGE_PCT}% changed: $BENCH_CHANGE_WRITE of random bytes written into each of $nchg of the $nunits 64 KiB data blocks of fs.raw" >>"$W/machine.md"
+		bench_run "$c" sparsync json "$R/s/fs.raw" "$(same_raw "$src" "$R/s/fs.raw")" \
+			"$SP $(sparsync_ssh_opts) --remote-path '$W/bin/sparsync-remote' '$src' '127.0.0.1:$R/s/fs.raw'"
+		bench_run "$c" "rsync -S" rsync "$R/r/fs.raw" "$(same_raw "$src" "$R/r/fs.raw")" \
+			"rsync -S --stats --rsync-path='$W/bin/rsync-remote' -e '$SSH' '$src' 'sparsync-test:$R/r/fs.raw'"
+		$PY "$TOP/bench/imgtool.py" restore "$src" "$src.journal" || die "restoring $src failed"
+	else
+		skip_ssh "$c" sparsync "sparsync -e ssh" "rsync -S" "tar -S | ssh" "tar -Sz | ssh"
+		skip_ssh "fs: push unchanged (ssh)" sparsync "rsync -S"
+		skip_ssh "fs: push ${BENCH_CHANGE_PCT}% changed (ssh)" sparsync "rsync -S"
+	fi
+	rm -rf "${R:?}"/*
+fi
+
+# ---------------------------------------------------------------- report
+echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$W/machine.md"
+$PY "$TOP/bench/report.py" "$TSV" "$W/machine.md" "$BENCH_TIMEOUT" >"$W/latest.md"
+report_rc=$?
+cat "$W/latest.md"
+cp "$W/latest.md" "$OUT/latest.md"
+cp "$TSV" "$OUT/latest.tsv"
+say "bench: table written to $OUT/latest.md"
+# report.py: 0 all good, 1 a row FAILED, 3 only targets unmet
+case $report_rc in
+0) exit 0;;
+3) [ "$BENCH_STRICT" = 1 ] && exit 1; exit 0;;
+*) exit 1;;
+esac
