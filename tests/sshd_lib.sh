@@ -3,7 +3,7 @@
 # Source after tests/lib.sh (which sets $T), then call sshd_start:
 #
 #   . "$TOP/tests/lib.sh"; . "$TOP/tests/sshd_lib.sh"
-#   sshd_start || exit 0          # prints SKIP and returns 1 when impossible
+#   sshd_start || exit 0          # reports a FAIL and returns 1 when impossible
 #   $SPARSYNC copy $(sparsync_ssh_opts) --remote-path $SPARSYNC img 127.0.0.1:$T/x
 #   $SPARSYNC copy -e "ssh -F $SSH_CONFIG" --remote-path $SPARSYNC img sparsync-test:$T/x
 #
@@ -73,7 +73,7 @@ sshd_start() {
 		command -v "$c" >/dev/null 2>&1 || missing="$missing $c"
 	done
 	if [ -n "$missing" ]; then
-		echo "SKIP: $TEST_NAME: missing$missing (install openssh-server openssh-client)"
+		fail "missing$missing (install openssh-server openssh-client)"
 		return 1
 	fi
 	mkdir -p "$SSHD_DIR" && chmod 700 "$SSHD_DIR"
