@@ -12,8 +12,12 @@
  * arbitrary host path. A name without '/' resolves inside the directory:
  * f.qcow2 itself is a backing loop, which must be refused.
  *
+ * Each input also goes to the writer: opened for an in-place update,
+ * written at two offsets, a range zeroed, flushed and closed.
+ *
  * Invariants checked beyond "no sanitizer report": an extent lies inside
- * the virtual size and makes progress. */
+ * the virtual size and makes progress; what the writer accepted and
+ * flushed reads back. */
 #include "../../core/error.h"
 #include "../../formats/image.h"
 #include "../../formats/qcow2.h"
@@ -123,6 +127,43 @@ static void read_some(struct image *img, uint64_t off, uint64_t len, size_t *bud
 	image_pread(img, rbuf, n, off);
 }
 
+static void write_back(void)
+{
+	static unsigned char pat[6000], got[6000];
+	for (unsigned i = 0; i < sizeof pat; i++)
+		pat[i] = (unsigned char)(i * 11 + 3);
+	struct image *img = image_open(path, FMT_QCOW2, IMAGE_RDWR);
+	if (!img)
+		return;
+	uint64_t sz = img->size, off[2] = { 0, sz / 2 + 77 };
+	bool wrote[2] = { false, false };
+	for (int i = 0; i < 2; i++) {
+		if (sz < sizeof pat || off[i] > sz - sizeof pat)
+			continue;
+		wrote[i] = image_pwrite(img, pat, sizeof pat, off[i]) == 0;
+	}
+	if (sz >= 8192)
+		image_zero(img, sz - 8192, 4096);
+	int rc = image_flush(img);
+	if (image_close(img) < 0)
+		rc = -1;
+	if (rc < 0)
+		return;
+	img = image_open(path, FMT_QCOW2, IMAGE_RDONLY);
+	if (!img)
+		return; /* e.g. a backing file it names is refused */
+	for (int i = 0; i < 2; i++) {
+		if (!wrote[i] || image_pread(img, got, sizeof got, off[i]) < 0)
+			continue;
+		if (memcmp(pat, got, sizeof pat) != 0) {
+			fprintf(stderr, "written data at %llu does not read back\n",
+				(unsigned long long)off[i]);
+			abort();
+		}
+	}
+	image_close(img);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	setup();
@@ -166,6 +207,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			read_some(img, img->size / 3, img->size - img->size / 3, &budget);
 		image_close(img);
 	}
+	/* The writer on the same bytes: an existing destination opened for an
+	 * in-place update may be damaged too. What it accepts and writes must
+	 * read back. */
+	write_back();
 	/* The writer's reading of an existing image (used by shrink). */
 	struct qcow2_layout lay;
 	if (qcow2_layout_of(path, &lay) == 0)

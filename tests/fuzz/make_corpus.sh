@@ -2,7 +2,8 @@
 # Rebuild the seed corpora from scratch: small valid qcow2 images made by
 # qemu-img/qemu-io (512-byte clusters to keep them a few KB), and small
 # sparsync streams made by ./sparsync (run again whenever the protocol
-# changes). Regression inputs (regress-*) are kept as they are.
+# changes). Regression inputs (regress-*) are kept as they are. Streams are
+# named *.stream: .gitignore drops *.sps.
 #   bash tests/fuzz/make_corpus.sh [qcow2|protocol]...
 set -eu
 TOP=$(cd "$(dirname "$0")/../.." && pwd)
@@ -47,7 +48,7 @@ fi
 
 if [[ " $what " == *" protocol "* ]]; then
 	out=$TOP/tests/fuzz/corpus_protocol
-	mkdir -p "$out"; find "$out" -name '*.sps' -delete
+	mkdir -p "$out"; find "$out" -name '*.stream' -delete
 	truncate -s 64K a.raw
 	python3 - <<'PY'
 with open("a.raw", "r+b") as f:
@@ -63,19 +64,19 @@ PY
 	echo data | dd of=holes.raw bs=1 seek=$((700 << 20)) conv=notrunc status=none
 	qemu-img create -q -f qcow2 -o cluster_size=512 q.qcow2 64K
 	qemu-io -f qcow2 -c "write -q -P 0xaa 0 2k" -c "write -q -z 20k 2k" q.qcow2 >/dev/null
-	"$S" copy a.raw - >"$out/zstd.sps"
-	"$S" copy --compress lz4 a.raw - >"$out/lz4.sps"
-	"$S" copy --compress none a.raw - >"$out/none.sps"
-	"$S" copy odd.raw - >"$out/odd.sps"
-	"$S" copy empty.raw - >"$out/empty.sps"
-	"$S" copy holes.raw - >"$out/holes.sps"
-	"$S" copy --compress none q.qcow2 - >"$out/fromqcow2.sps"
+	"$S" copy a.raw - >"$out/zstd.stream"
+	"$S" copy --compress lz4 a.raw - >"$out/lz4.stream"
+	"$S" copy --compress none a.raw - >"$out/none.stream"
+	"$S" copy odd.raw - >"$out/odd.stream"
+	"$S" copy empty.raw - >"$out/empty.stream"
+	"$S" copy holes.raw - >"$out/holes.stream"
+	"$S" copy --compress none q.qcow2 - >"$out/fromqcow2.stream"
 	# What a push sends (no stream flag in the hello), captured by an -e
 	# command that tees the client's bytes on their way to serve.
 	cat >tee-ssh <<SH
 #!/bin/sh
 while [ \$# -gt 1 ]; do shift; done
-tee "$out/push.sps" | sh -c "\$1"
+tee "$out/push.stream" | sh -c "\$1"
 SH
 	chmod +x tee-ssh
 	"$S" copy -q -e ./tee-ssh --remote-path "$S" odd.raw "h:$W/r.raw"
@@ -89,14 +90,14 @@ sh -c "\$1" | tee "$W/reply.bin"
 SH
 	chmod +x reply-ssh
 	"$S" copy -q -e ./reply-ssh --remote-path "$S" a.raw "h:$W/new.raw"
-	cp reply.bin "$out/reply-fresh.sps"
+	cp reply.bin "$out/reply-fresh.stream"
 	cp a.raw old.raw
 	printf 'changed' | dd of=old.raw bs=1 seek=30000 conv=notrunc status=none
 	truncate -s 100K old.raw
 	"$S" copy -q -e ./reply-ssh --remote-path "$S" a.raw "h:$W/old.raw"
-	cp reply.bin "$out/reply-sync.sps"
+	cp reply.bin "$out/reply-sync.stream"
 	cmp a.raw old.raw
 	"$S" copy -q -e ./reply-ssh --remote-path "$S" a.raw "h:$W/no/such/dir.raw" 2>/dev/null || true
-	cp reply.bin "$out/reply-error.sps"
+	cp reply.bin "$out/reply-error.stream"
 fi
 ls -la "$TOP"/tests/fuzz/corpus_*
