@@ -177,7 +177,7 @@ cat "$W/machine.md" >&2
 # ---------------------------------------------------------------- sshd
 if want push || want tib; then
 	# tests/sshd_lib.sh wants $T (its scratch dir), $TEST_NAME and fail().
-	T=$B/sshd; TEST_NAME=bench; mkdir -p "$T"
+	T=$B/sshd; export TEST_NAME=bench; mkdir -p "$T"
 	fail() { say "bench: $*"; }
 	# shellcheck source=../tests/sshd_lib.sh
 	. "$TOP/tests/sshd_lib.sh"
