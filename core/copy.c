@@ -173,6 +173,7 @@ static void read_extents(struct pipeline *p, struct progress *prog)
 		while (pos < up) {
 			uint64_t next = (pos / p->bs + 1) * p->bs;
 			size_t n = (size_t)((next < up ? next : up) - pos);
+			image_prefetch(src, pos, n);
 			if (!enqueue(p, pos, n))
 				return;
 			pos += n;

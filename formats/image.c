@@ -1,4 +1,5 @@
 #include "image.h"
+#include "writeback.h"
 
 #include "../core/error.h"
 
@@ -96,6 +97,7 @@ void image_free(struct image *img)
 {
 	if (!img)
 		return;
+	writeback_free(img->wb);
 	free(img->path);
 	free(img);
 }
@@ -184,4 +186,18 @@ enum image_format image_output_format(enum image_format forced, const char *dst_
 	if (existing != FMT_AUTO)
 		return existing;
 	return src != FMT_AUTO ? src : FMT_RAW;
+}
+
+void image_write_behind(struct image *img)
+{
+	if (!img->wb)
+		img->wb = writeback_new();
+}
+
+int image_write_data(struct image *img, const void *buf, size_t len, uint64_t off)
+{
+	if (full_pwrite(img->fd, buf, len, off, img->path) < 0)
+		return -1;
+	writeback_note(img->wb, img->fd, off, len);
+	return 0;
 }

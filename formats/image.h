@@ -51,6 +51,9 @@ struct image_ops {
 	int (*flush)(struct image *);
 	/* Frees everything; -1 if writing out final metadata failed. */
 	int (*close)(struct image *);
+	/* Optional hint: [off, off+len) will be read soon; start reading it
+	 * from disk now. No errors: it changes nothing but timing. */
+	void (*prefetch)(struct image *, uint64_t off, uint64_t len);
 };
 
 struct image {
@@ -62,6 +65,7 @@ struct image {
 	bool writable;
 	int fd;
 	uint64_t bytes_read;    /* bytes actually read from the underlying file(s) */
+	struct writeback *wb;   /* write-behind of data writes (writeback.h); NULL = none */
 	void *priv;
 };
 
@@ -94,6 +98,12 @@ void image_free(struct image *img);
 /* pread/pwrite loops that retry short transfers and name the file on error. */
 int full_pread(int fd, void *buf, size_t len, uint64_t off, const char *path);
 int full_pwrite(int fd, const void *buf, size_t len, uint64_t off, const char *path);
+/* For images opened to write: start write-behind (a hint; silently none
+ * when out of memory). image_free ends it. */
+void image_write_behind(struct image *img);
+/* full_pwrite of guest data to img's file at host offset off, then the
+ * write-behind note. Metadata goes through full_pwrite alone. */
+int image_write_data(struct image *img, const void *buf, size_t len, uint64_t off);
 
 static inline int image_extent(struct image *i, uint64_t off, struct extent *e)
 {
@@ -114,6 +124,11 @@ static inline int image_zero(struct image *i, uint64_t off, uint64_t len)
 static inline int image_flush(struct image *i)
 {
 	return i->ops->flush(i);
+}
+static inline void image_prefetch(struct image *i, uint64_t off, uint64_t len)
+{
+	if (i->ops->prefetch)
+		i->ops->prefetch(i, off, len);
 }
 int image_resize(struct image *i, uint64_t new_size);
 /* Closes and frees; NULL is fine. */

@@ -267,6 +267,7 @@ struct image *qcow2_open_rw(const char *path, int fd)
 			img->size = h.size;
 			img->granularity = 1u << h.cluster_bits;
 			img->writable = true;
+			image_write_behind(img);
 			q->img = img;
 			q->cluster_bits = h.cluster_bits;
 			q->cs = 1ull << h.cluster_bits;

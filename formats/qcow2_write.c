@@ -547,7 +547,7 @@ static int store_compressed(struct q2w *q, uint64_t g, const unsigned char *cbuf
 	}
 	pthread_mutex_unlock(&q->lock);
 	if (rc == 0)
-		rc = full_pwrite(q->img->fd, cbuf, n, (uint64_t)at, q->img->path);
+		rc = image_write_data(q->img, cbuf, n, (uint64_t)at);
 	return rc;
 }
 
@@ -647,7 +647,7 @@ static int q2_pwrite(struct image *img, const void *buf, size_t len, uint64_t of
 	}
 	pthread_mutex_unlock(&q->lock);
 	for (size_t i = 0; rc == 0 && i < nseg; i++)
-		rc = full_pwrite(img->fd, segs[i].buf, segs[i].len, segs[i].host, img->path);
+		rc = image_write_data(img, segs[i].buf, segs[i].len, segs[i].host);
 	free(segs);
 	free(cbuf);
 	free(pad);
@@ -892,6 +892,7 @@ struct image *qcow2_create(const char *path, uint64_t size, const struct image_c
 	img->size = size;
 	img->granularity = (uint32_t)cs;
 	img->writable = true;
+	image_write_behind(img);
 	q->img = img;
 	q->cluster_bits = cb;
 	q->cs = cs;

@@ -60,9 +60,16 @@ static int raw_pread(struct image *img, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+/* The copy's workers read blocks synchronously; asking for the next ones
+ * early keeps the disk busy while they compress. */
+static void raw_prefetch(struct image *img, uint64_t off, uint64_t len)
+{
+	posix_fadvise(img->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
+}
+
 static int raw_pwrite(struct image *img, const void *buf, size_t len, uint64_t off)
 {
-	return full_pwrite(img->fd, buf, len, off, img->path);
+	return image_write_data(img, buf, len, off);
 }
 
 static int write_zeros(struct image *img, uint64_t off, uint64_t len)
@@ -130,6 +137,7 @@ static const struct image_ops raw_ops = {
 	.resize = raw_resize,
 	.flush = raw_flush,
 	.close = raw_close,
+	.prefetch = raw_prefetch,
 };
 
 struct image *raw_open(const char *path, int fd, bool writable)
@@ -152,6 +160,8 @@ struct image *raw_open(const char *path, int fd, bool writable)
 	}
 	img->priv = r;
 	img->writable = writable;
+	if (writable)
+		image_write_behind(img);
 	if (S_ISBLK(st.st_mode)) {
 		off_t end = lseek(fd, 0, SEEK_END);
 		img->size = end > 0 ? (uint64_t)end : 0;

@@ -82,6 +82,26 @@ check "shrink" "$SPARSYNC" shrink "$T/fat.raw"
 check "shrink changed no byte" cmp "$T/fat.raw" "$T/fat.orig"
 check "shrink freed the 8 MiB of zeros" test "$(allocated "$T/fat.raw")" -le $((before - 8 * MiB))
 
+# Write-behind: a copy does not leave its destination in the page cache
+# (copying a terabyte must not evict what the host had cached). fincore
+# counts the resident bytes; tmpfs keeps everything, so use /var/tmp there.
+wbdir=$T
+[ "$(stat -f -c %T "$T")" = tmpfs ] && wbdir=$(mktemp -d /var/tmp/sparsync-wb.XXXXXX)
+if command -v fincore >/dev/null; then
+	head -c $((128 * MiB)) /dev/urandom >"$wbdir/wb.raw"
+	for fmt in raw qcow2; do
+		check "write-behind: copy to $fmt" "$SPARSYNC" copy -q -O $fmt "$wbdir/wb.raw" "$wbdir/wb.$fmt.out"
+		res=$(fincore --bytes --noheadings --output RES "$wbdir/wb.$fmt.out")
+		check "write-behind: at most 96 MiB of the 128 MiB $fmt copy stay cached ($res bytes)" \
+			test "${res:-999999999999}" -le $((96 * MiB))
+	done
+	check "write-behind: the raw copy is intact" cmp "$wbdir/wb.raw" "$wbdir/wb.raw.out"
+	rm -f "$wbdir"/wb.*
+else
+	fail "fincore (util-linux) is missing"
+fi
+[ "$wbdir" != "$T" ] && rm -rf "$wbdir"
+
 # Errors: one line naming the file, exit 1 (2 for usage), nothing left behind.
 check_fails "missing source" "$SPARSYNC" copy "$T/nope.raw" "$T/x.raw"
 check "missing source message names the file" grep -q "nope.raw: No such file" "$T/.last"
