@@ -5,6 +5,7 @@
 #include "../core/error.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -65,6 +66,15 @@ static const struct transport_ops fd_ops = {
 	.close = fd_close,
 };
 
+/* A pipe holds 64 KiB by default: a relay such as sshd then hands over a
+ * megabyte record in 16 wake-ups of both sides. Ask for 1 MiB (the limit
+ * an unprivileged process may set); fails harmlessly on files/sockets. */
+static void widen_pipe(int fd)
+{
+	if (fd >= 0)
+		fcntl(fd, F_SETPIPE_SZ, 1 << 20);
+}
+
 struct transport *transport_fd_open(int rfd, int wfd, const char *name)
 {
 	struct fd_transport *t = calloc(1, sizeof *t);
@@ -76,5 +86,7 @@ struct transport *transport_fd_open(int rfd, int wfd, const char *name)
 	t->base.ops = &fd_ops;
 	t->rfd = rfd;
 	t->wfd = wfd;
+	widen_pipe(rfd);
+	widen_pipe(wfd);
 	return &t->base;
 }
