@@ -2,6 +2,8 @@
 #include "cmd.h"
 
 #include "../core/error.h"
+#include "../core/units.h"
+#include "copy_cli.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,4 +23,27 @@ int fail(void)
 {
 	fprintf(stderr, "sparsync: %s\n", sp_errmsg());
 	return EXIT_FAIL;
+}
+
+int cli_shared_option(struct copy_cli *cli, const char *cmd, int c, const char *arg)
+{
+	uint64_t v;
+	switch (c) {
+	case 'j':
+		if (parse_size(arg, &v) < 0 || v < 1 || v > 256)
+			return usage_error(cmd, "-j takes a number of threads from 1 to 256");
+		cli->workers = (unsigned)v;
+		return 0;
+	case 'p':
+		if (parse_size(arg, &v) < 0 || v < 1 || v > 65535)
+			return usage_error(cmd, "bad port '%s'", arg);
+		cli->port = (int)v;
+		return 0;
+	case 'i': cli->identity = arg; return 0;
+	case 'e': cli->rsh = arg; return 0;
+	case OPT_KNOWN_HOSTS: cli->known_hosts = arg; return 0;
+	case OPT_ACCEPT_NEW: cli->accept_new_host_key = true; return 0;
+	case OPT_REMOTE_PATH: cli->remote_path = arg; return 0;
+	default: return -1;
+	}
 }

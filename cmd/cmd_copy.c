@@ -41,8 +41,7 @@ static const char copy_usage[] =
 	"  -q, --quiet             no progress, no summary\n";
 
 enum {
-	OPT_CLUSTER = 256, OPT_BACKING, OPT_WHOLE, OPT_JSON, OPT_KNOWN_HOSTS, OPT_ACCEPT_NEW,
-	OPT_REMOTE_PATH, OPT_COMPRESS, OPT_BWLIMIT,
+	OPT_CLUSTER = OPT_CLI_NEXT, OPT_BACKING, OPT_WHOLE, OPT_JSON, OPT_COMPRESS, OPT_BWLIMIT,
 };
 
 static int parse_args(int argc, char **argv, struct copy_cli *cli)
@@ -54,10 +53,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "progress", no_argument, NULL, 'P' },
 		{ "quiet", no_argument, NULL, 'q' },
-		{ "known-hosts", required_argument, NULL, OPT_KNOWN_HOSTS },
-		{ "accept-new-host-key", no_argument, NULL, OPT_ACCEPT_NEW },
-		{ "remote-path", required_argument, NULL, OPT_REMOTE_PATH },
-		{ "rsh", required_argument, NULL, 'e' },
+		CLI_REMOTE_LONGOPTS,
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "bwlimit", required_argument, NULL, OPT_BWLIMIT },
 		{ "help", no_argument, NULL, 'h' },
@@ -93,21 +89,6 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		case OPT_JSON: cli->json = true; break;
 		case 'P': cli->progress = PROGRESS_FORCE; break;
 		case 'q': cli->quiet = true; cli->progress = PROGRESS_OFF; break;
-		case 'j':
-			if (parse_size(optarg, &v) < 0 || v < 1 || v > 256)
-				return usage_error("copy", "-j takes a number of threads from 1 to 256");
-			cli->workers = (unsigned)v;
-			break;
-		case 'p':
-			if (parse_size(optarg, &v) < 0 || v < 1 || v > 65535)
-				return usage_error("copy", "bad port '%s'", optarg);
-			cli->port = (int)v;
-			break;
-		case 'i': cli->identity = optarg; break;
-		case OPT_KNOWN_HOSTS: cli->known_hosts = optarg; break;
-		case OPT_ACCEPT_NEW: cli->accept_new_host_key = true; break;
-		case OPT_REMOTE_PATH: cli->remote_path = optarg; break;
-		case 'e': cli->rsh = optarg; break;
 		case OPT_COMPRESS: cli->wire_compress = optarg; break;
 		case OPT_BWLIMIT:
 			if (parse_size(optarg, &v) < 0 || v == 0)
@@ -115,7 +96,12 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 			cli->bwlimit = v;
 			break;
 		case 'h': fputs(copy_usage, stdout); exit(0);
-		default: return EXIT_USAGE;
+		default: {
+			int rc = cli_shared_option(cli, "copy", c, optarg);
+			if (rc != 0)
+				return rc < 0 ? EXIT_USAGE : rc;
+			break;
+		}
 		}
 	}
 	if (argc - optind != 2)

@@ -7,7 +7,6 @@
 #include "../core/error.h"
 #include "../core/sync_hash.h"
 #include "../core/sync_verify.h"
-#include "../core/units.h"
 #include "../formats/image.h"
 #include "../transport/transport.h"
 #include "copy_cli.h"
@@ -41,8 +40,6 @@ static const char verify_usage[] =
 #define EXIT_DIFFER 1
 #define EXIT_ERROR 2
 
-enum { OPT_KNOWN_HOSTS = 256, OPT_ACCEPT_NEW, OPT_REMOTE_PATH };
-
 struct verify_args {
 	struct copy_cli cli; /* endpoints and remote options, as copy has them */
 	enum image_format fmt[2];
@@ -53,16 +50,12 @@ static int parse(int argc, char **argv, struct verify_args *a)
 {
 	static const struct option opts[] = {
 		{ "quiet", no_argument, NULL, 'q' },
-		{ "known-hosts", required_argument, NULL, OPT_KNOWN_HOSTS },
-		{ "accept-new-host-key", no_argument, NULL, OPT_ACCEPT_NEW },
-		{ "remote-path", required_argument, NULL, OPT_REMOTE_PATH },
-		{ "rsh", required_argument, NULL, 'e' },
+		CLI_REMOTE_LONGOPTS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
 	struct copy_cli *cli = &a->cli;
 	int c;
-	uint64_t v;
 	while ((c = getopt_long(argc, argv, "f:F:j:p:i:e:qh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
@@ -73,24 +66,14 @@ static int parse(int argc, char **argv, struct verify_args *a)
 			a->fmt[c == 'F'] = f;
 			break;
 		}
-		case 'j':
-			if (parse_size(optarg, &v) < 0 || v < 1 || v > 256)
-				return usage_error("verify", "-j takes a number of threads from 1 to 256");
-			cli->workers = (unsigned)v;
-			break;
 		case 'q': a->quiet = true; break;
-		case 'p':
-			if (parse_size(optarg, &v) < 0 || v < 1 || v > 65535)
-				return usage_error("verify", "bad port '%s'", optarg);
-			cli->port = (int)v;
-			break;
-		case 'i': cli->identity = optarg; break;
-		case OPT_KNOWN_HOSTS: cli->known_hosts = optarg; break;
-		case OPT_ACCEPT_NEW: cli->accept_new_host_key = true; break;
-		case OPT_REMOTE_PATH: cli->remote_path = optarg; break;
-		case 'e': cli->rsh = optarg; break;
 		case 'h': fputs(verify_usage, stdout); exit(0);
-		default: return EXIT_USAGE;
+		default: {
+			int rc = cli_shared_option(cli, "verify", c, optarg);
+			if (rc != 0)
+				return rc < 0 ? EXIT_USAGE : rc;
+			break;
+		}
 		}
 	}
 	if (argc - optind != 2)

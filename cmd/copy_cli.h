@@ -30,6 +30,23 @@ struct copy_cli {
 	uint64_t bwlimit;           /* bytes per second, 0 = none */
 };
 
+/* getopt_long codes of the options copy and verify share; each command
+ * numbers its own from OPT_CLI_NEXT. */
+enum {
+	OPT_KNOWN_HOSTS = 256, OPT_ACCEPT_NEW, OPT_REMOTE_PATH, OPT_CLI_NEXT,
+};
+#define CLI_REMOTE_LONGOPTS \
+	{ "known-hosts", required_argument, NULL, OPT_KNOWN_HOSTS }, \
+	{ "accept-new-host-key", no_argument, NULL, OPT_ACCEPT_NEW }, \
+	{ "remote-path", required_argument, NULL, OPT_REMOTE_PATH }, \
+	{ "rsh", required_argument, NULL, 'e' }
+
+/* The shared options -j -p -i -e --known-hosts --accept-new-host-key
+ * --remote-path (cli_util.c): stores option c with argument arg in cli and
+ * returns 0; -1 when c is not one of them; EXIT_USAGE (message printed
+ * for cmd) when its value is bad. */
+int cli_shared_option(struct copy_cli *cli, const char *cmd, int c, const char *arg);
+
 /* Local copy or sync (cmd_copy_local.c). Fills st. Returns 0 or -1. */
 struct sp_stats;
 int copy_local(const struct copy_cli *cli, struct sp_stats *st);
