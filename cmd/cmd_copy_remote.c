@@ -74,18 +74,25 @@ static char *cl_done(struct cmdline *c)
 	return c->s;
 }
 
-/* `REMOTE_PATH serve ...`; the remote path is not quoted, like rsync's
+/* `REMOTE_PATH serve [-j N]`; the remote path is not quoted, like rsync's
  * --rsync-path, so "sudo sparsync" works. */
+static void serve_prefix(struct cmdline *c, const struct copy_cli *cli)
+{
+	cl_add(c, cli->remote_path ? cli->remote_path : "sparsync");
+	cl_add(c, " serve");
+	if (cli->workers) {
+		char num[32];
+		snprintf(num, sizeof num, "%u", cli->workers);
+		cl_opt(c, "-j", num);
+	}
+}
+
+/* The serve command for a push (receive into path) or a pull (send path). */
 static char *serve_command(const struct copy_cli *cli, bool push, const char *path)
 {
 	struct cmdline c = { 0 };
 	char num[32];
-	cl_add(&c, cli->remote_path ? cli->remote_path : "sparsync");
-	cl_add(&c, " serve");
-	if (cli->workers) {
-		snprintf(num, sizeof num, "%u", cli->workers);
-		cl_opt(&c, "-j", num);
-	}
+	serve_prefix(&c, cli);
 	if (push) {
 		cl_opt(&c, "--receive", path);
 		cl_opt(&c, "--sync", NULL);
@@ -141,12 +148,7 @@ struct transport *remote_open_hashes(const struct copy_cli *cli, const struct en
 {
 	struct cmdline c = { 0 };
 	char num[32];
-	cl_add(&c, cli->remote_path ? cli->remote_path : "sparsync");
-	cl_add(&c, " serve");
-	if (cli->workers) {
-		snprintf(num, sizeof num, "%u", cli->workers);
-		cl_opt(&c, "-j", num);
-	}
+	serve_prefix(&c, cli);
 	cl_opt(&c, "--hashes", ep->path);
 	snprintf(num, sizeof num, "%u", unit);
 	cl_opt(&c, "--hash-unit", num);
