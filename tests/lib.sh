@@ -7,6 +7,8 @@ TEST_NAME=$(basename "$0" .sh)
 T=$(mktemp -d "${SPARSYNC_TEST_TMP:-/tmp}/sparsync-$TEST_NAME.XXXXXX")
 trap 'rm -rf "$T"' EXIT
 
+MiB=$((1 << 20))
+
 pass() { echo "PASS: $TEST_NAME: $*"; }
 fail() { echo "FAIL: $TEST_NAME: $*"; }
 
@@ -65,3 +67,37 @@ for s,e in r: print(s,e)'
 # Byte ranges holding data per `qemu-img map` and per `sparsync map`.
 qemu_data_ranges() { qemu-img map --output=json "$@" | merge_data_ranges; }
 sparsync_data_ranges() { "$SPARSYNC" map --json "$@" | merge_data_ranges; }
+
+# said NAME REGEX: the output of the last check/check_fails matches.
+said() {
+	if grep -Eq -- "$2" "$T/.last"; then pass "$1"; else
+		fail "$1 (output lacks /$2/)"; sed 's/^/    | /' "$T/.last" | head -5
+	fi
+}
+
+# no_temp_files DIR: no temporary destination (sparsync-*) is left in DIR.
+no_temp_files() { ! ls -A "$1" | grep -q 'sparsync-'; }
+
+# put_random FILE LEN OFF: LEN random bytes at OFF (both multiples of 4 KiB).
+put_random() { head -c "$2" /dev/urandom | dd of="$1" bs=4096 seek=$(($3 / 4096)) conv=notrunc status=none; }
+
+# restores NAME QCOW2 RAW: qemu-img check is clean, and `qemu-img convert
+# -O raw` of QCOW2 gives RAW's bytes (a qcow2 size is whole 512-byte
+# sectors: any rounding tail must be zeros).
+restores() {
+	local name=$1 q=$2 raw=$3 out n
+	if ! out=$(qemu-img check "$q" 2>&1); then
+		fail "$name: qemu-img check: $(echo "$out" | head -3 | tr '\n' ' ')"
+		return
+	fi
+	pass "$name: qemu-img check clean"
+	rm -f "$T/restored.raw"
+	qemu-img convert -O raw "$q" "$T/restored.raw"
+	n=$(stat -c %s "$raw")
+	if cmp -s -n "$n" "$raw" "$T/restored.raw" &&
+	   [ "$(tail -c +$((n + 1)) "$T/restored.raw" | tr -d '\0' | wc -c)" = 0 ]; then
+		pass "$name restores exactly"
+	else
+		fail "$name: restored image differs: $(cmp "$raw" "$T/restored.raw" 2>&1 | head -1)"
+	fi
+}

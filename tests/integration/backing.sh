@@ -7,29 +7,7 @@ source "$(dirname "$0")/../lib.sh"
 
 command -v qemu-img >/dev/null || { fail "qemu-img is not installed"; exit 0; }
 
-MiB=$((1024 * 1024))
-put_random() { head -c "$2" /dev/urandom | dd of="$1" bs=4096 seek=$(($3 / 4096)) conv=notrunc status=none; }
 put_text() { yes "night $3" | head -c "$2" | dd of="$1" bs=4096 seek=$(($3 / 4096)) conv=notrunc status=none; }
-
-# restores NAME OVERLAY RAW: check clean, and `qemu-img convert -O raw`
-# of the overlay gives RAW's bytes (qcow2 sizes are whole 512-byte sectors:
-# any rounding tail must be zeros).
-restores() {
-	local name=$1 q=$2 raw=$3 out n
-	if ! out=$(qemu-img check "$q" 2>&1); then
-		fail "$name: qemu-img check: $(echo "$out" | head -3 | tr '\n' ' ')"
-		return
-	fi
-	rm -f "$T/restored.raw"
-	qemu-img convert -O raw "$q" "$T/restored.raw"
-	n=$(stat -c %s "$raw")
-	if cmp -s -n "$n" "$raw" "$T/restored.raw" &&
-	   [ "$(tail -c +$((n + 1)) "$T/restored.raw" | tr -d '\0' | wc -c)" = 0 ]; then
-		pass "$name restores exactly"
-	else
-		fail "$name: restored image differs: $(cmp "$raw" "$T/restored.raw" 2>&1 | head -1)"
-	fi
-}
 
 mkdir -p "$T/backups"
 cd "$T" || exit 1

@@ -2,7 +2,6 @@
 # Local faults: a full destination disk, SIGINT/SIGTERM mid-copy, progress
 # only on a TTY. Each must end cleanly with nothing half-written left behind.
 . "$(dirname "$0")/../lib.sh"
-MiB=$((1 << 20))
 
 # Disk full: a small tmpfs as the destination directory.
 truncate -s 256M "$T/src.raw"

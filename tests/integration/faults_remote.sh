@@ -11,13 +11,7 @@
 # (the remote side within 10 s, 30 s under valgrind).
 . "$(dirname "$0")/../lib.sh"
 . "$TOP/tests/sshd_lib.sh"
-MiB=$((1 << 20))
 
-said() {
-	if grep -Eq -- "$2" "$T/.out"; then pass "$1"; else
-		fail "$1 (output lacks /$2/)"; sed 's/^/    | /' "$T/.out" | head -5
-	fi
-}
 # gone DIR NAME: within 10 s, neither NAME nor a temporary .NAME.sparsync-*
 # is left in DIR (the remote side notices a dead peer on its own).
 gone() {
@@ -183,7 +177,6 @@ kill_remote() {
 	took=$(( $(date +%s) - start ))
 	check "$name: client fails with exit 1 after the remote $who got SIG$sig (exit $rc, ${took}s)" \
 		test $rc -eq 1 -a $took -le 20
-	cp "$T/kill.out" "$T/.out"
 	check "$name: the client says why in one line" test "$(wc -l <"$T/kill.out")" -eq 1
 	# SIGKILL cannot clean up after itself; the others must.
 	if [ "$sig" = KILL ] && [ "$who" = serve ]; then
@@ -289,7 +282,7 @@ if wait_for_temp "$L" grow4.raw; then
 		fail "local copy: finished before the source grew (too fast to test)"
 	else
 		check "local copy: a source that grows is reported (exit $rc)" test $rc -eq 1
-		cp "$T/local.out" "$T/.out"
+		cp "$T/local.out" "$T/.last"
 		said "local copy: the message says the size changed" "source changed size during the copy"
 		check "local copy: no destination or temporary file" gone "$L" grow4.raw
 	fi

@@ -2,7 +2,6 @@
 # Local raw copy, map, shrink and their error paths (issue 2), checked
 # against cmp and qemu-img.
 . "$(dirname "$0")/../lib.sh"
-MiB=$((1 << 20))
 
 # An image with holes, random data, zero-filled data and a tail that is not
 # block-aligned.

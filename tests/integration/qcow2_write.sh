@@ -6,8 +6,6 @@ source "$(dirname "$0")/../lib.sh"
 
 command -v qemu-img >/dev/null || { fail "qemu-img is not installed"; exit 0; }
 
-MiB=$((1024 * 1024))
-put_random() { head -c "$2" /dev/urandom | dd of="$1" bs=4096 seek=$(($3 / 4096)) conv=notrunc status=none; }
 put_text() { yes "sparsync qcow2 writer test line $3" | head -c "$2" | dd of="$1" bs=4096 seek=$(($3 / 4096)) conv=notrunc status=none; }
 
 # qcheck NAME IMAGE REF: qemu-img check clean (no errors, no leaks) and the

@@ -5,15 +5,8 @@
 # `-e 'ssh -F CFG'`, checked with cmp and qemu-img.
 . "$(dirname "$0")/../lib.sh"
 . "$TOP/tests/sshd_lib.sh"
-MiB=$((1 << 20))
 TO="timeout 300"
 
-said() {
-	if grep -Eq -- "$2" "$T/.out"; then pass "$1"; else
-		fail "$1 (output lacks /$2/)"; sed 's/^/    | /' "$T/.out" | head -5
-	fi
-}
-no_leftovers() { ! ls -A "$1" | grep -q 'sparsync-'; }
 
 img=$T/src.raw
 truncate -s $((40 * MiB + 333)) "$img"
@@ -49,7 +42,7 @@ check "push --json: bytes_sent is the wire size" \
 check "push --json: bytes_written comes from the remote" \
 	test "$(json_field bytes_written <"$T/push.json")" -ge $((3 * MiB))
 check "push --json: the remote's ACK was received" test "$(json_field bytes_received <"$T/push.json")" -gt 0
-check "no temporary file after a push" no_leftovers "$T/r"
+check "no temporary file after a push" no_temp_files "$T/r"
 
 check "pull via -e" $TO "$SPARSYNC" copy --json $FAKE "somehost:$T/r/pushed.raw" "$T/pulled.raw"
 last_output >"$T/pull.json"
@@ -96,8 +89,8 @@ said "-e command missing: named" "cannot run '/nonexistent/ssh'"
 check_fails "-e with an unterminated quote" "$SPARSYNC" copy -e "ssh 'oops" "$img" "somehost:$T/r/x.raw"
 check_fails "host starting with '-' refused" "$SPARSYNC" copy $FAKE "$img" "-oProxyCommand=x:$T/r/x.raw"
 check_fails "pull onto a local directory" "$SPARSYNC" copy $FAKE "somehost:$T/r/pushed.raw" "$T/r"
-check "no temporary files after the errors" no_leftovers "$T/r"
-check "no temporary files locally" no_leftovers "$T"
+check "no temporary files after the errors" no_temp_files "$T/r"
+check "no temporary files locally" no_temp_files "$T"
 
 # A remote shell that prints a banner on stdout is named, not misparsed.
 cat >"$T/chatty-ssh" <<'EOF'
@@ -126,11 +119,11 @@ chmod +x "$T/cut-push" "$T/cut-pull"
 check_fails "push with the stream cut" timeout 60 "$SPARSYNC" copy -e "$T/cut-push" --remote-path "$SPARSYNC" "$img" "somehost:$T/r/cut.raw"
 said "cut push: truncation reported" "truncated stream"
 check "cut push: no remote destination" test ! -e "$T/r/cut.raw"
-check "cut push: no remote temporary file" no_leftovers "$T/r"
+check "cut push: no remote temporary file" no_temp_files "$T/r"
 check_fails "pull with the stream cut" timeout 60 "$SPARSYNC" copy -e "$T/cut-pull" --remote-path "$SPARSYNC" "somehost:$T/r/pushed.raw" "$T/cut.raw"
 said "cut pull: truncation reported" "truncated stream"
 check "cut pull: no local destination" test ! -e "$T/cut.raw"
-check "cut pull: no local temporary file" no_leftovers "$T"
+check "cut pull: no local temporary file" no_temp_files "$T"
 
 # --bwlimit paces the sender (about 4 MiB of wire data at 4 MiB/s).
 if [ "${SANITIZER:-0}" != 1 ]; then
@@ -164,7 +157,7 @@ check_fails "sshd: remote sparsync missing" $TO "$SPARSYNC" copy -e "$SSH" --rem
 said "sshd: exit status 127 shown" "exit status 127"
 check_fails "ssh refuses the connection (unknown host alias)" $TO "$SPARSYNC" copy -e "$SSH" --remote-path "$SPARSYNC" "$img" "no-such-host.invalid:$R/x.raw"
 said "ssh failure: exit status 255 shown" "exit status 255"
-check "no temporary files on the sshd side" no_leftovers "$R"
+check "no temporary files on the sshd side" no_temp_files "$R"
 
 # qcow2 on either side, when this build writes qcow2.
 if "$SPARSYNC" copy "$img" "$T/probe.qcow2" >/dev/null 2>&1 && qemu-img check -q "$T/probe.qcow2" >/dev/null 2>&1; then

@@ -4,17 +4,8 @@
 # archive is about the compressed data; truncated, corrupted, foreign and
 # random streams are refused with exit 1 and nothing left behind.
 . "$(dirname "$0")/../lib.sh"
-MiB=$((1 << 20))
 
-# said NAME REGEX: the output of the last check/check_fails matches.
-said() {
-	if grep -Eq -- "$2" "$T/.out"; then pass "$1"; else
-		fail "$1 (output lacks /$2/)"; sed 's/^/    | /' "$T/.out" | head -5
-	fi
-}
 
-# no_leftovers DIR: no temporary destination files remain.
-no_leftovers() { ! ls -A "$1" | grep -q 'sparsync-'; }
 
 # An image with holes, compressible text, random data, a zero-filled block
 # and an unaligned tail.
@@ -44,7 +35,7 @@ check "--json bytes_sent is the archive size" \
 	test "$(json_field bytes_sent <"$T/a.json")" = "$(stat -c %s "$T/a.sps")"
 check "--json bytes_received is the archive size" \
 	test "$(json_field bytes_received <"$T/in.json")" = "$(stat -c %s "$T/a.sps")"
-check "no temporary files after success" no_leftovers "$T"
+check "no temporary files after success" no_temp_files "$T"
 
 # Every wire codec round-trips.
 for c in none lz4 zstd:3; do
@@ -66,7 +57,7 @@ rm -f "$T/out2.raw"
 check_fails "truncated stream refused" "$SPARSYNC" copy - "$T/out2.raw" <"$T/half.sps"
 said "truncated stream says so" "truncated stream"
 check "no destination after a truncated stream" test ! -e "$T/out2.raw"
-check "no temporary file after a truncated stream" no_leftovers "$T"
+check "no temporary file after a truncated stream" no_temp_files "$T"
 head -c $((size - 1)) "$T/a.sps" >"$T/short.sps"
 check_fails "stream missing its last byte refused" "$SPARSYNC" copy - "$T/out2.raw" <"$T/short.sps"
 check "no destination after a short stream" test ! -e "$T/out2.raw"
@@ -89,7 +80,7 @@ EOF
 check_fails "flipped payload byte refused" "$SPARSYNC" copy - "$T/out3.raw" <"$T/flip.sps"
 said "flipped byte: checksum or corrupt data reported" "checksum mismatch|corrupt"
 check "no destination after a flipped byte" test ! -e "$T/out3.raw"
-check "no temporary file after a flipped byte" no_leftovers "$T"
+check "no temporary file after a flipped byte" no_temp_files "$T"
 
 # A record lost from the middle: the END digest notices.
 python3 - "$T/a.sps" "$T/drop.sps" <<'EOF'
@@ -139,7 +130,7 @@ open(sys.argv[2], "wb").write(b[:28 + 16 + 16] + os.urandom(300000))
 EOF
 check_fails "random bytes after IMAGE refused" timeout 30 "$SPARSYNC" copy - "$T/out8.raw" <"$T/ri.bin"
 check "no destination from random records" test ! -e "$T/out8.raw"
-check "no temporary file from random records" no_leftovers "$T"
+check "no temporary file from random records" no_temp_files "$T"
 
 # Serve given a stream archive (no peer answering) still restores it.
 check "serve --receive restores an archive" \

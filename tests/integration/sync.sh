@@ -6,7 +6,6 @@
 # qcow2 destinations.
 . "$(dirname "$0")/../lib.sh"
 . "$TOP/tests/sshd_lib.sh"
-MiB=$((1 << 20))
 TO="timeout 900"
 
 # 2 GiB with 128 MiB of random data; under the sanitizers 256/24 MiB (a
@@ -23,12 +22,6 @@ REGION=$((DATA / 8))          # 8 data regions, one per eighth of the image
 ZOFF=$((3 * SIZE / 8 + 3 * MiB)) # the zeroed range starts at region 3
 LIMIT=$((4 * MiB))           # what the second push may send at most
 
-said() {
-	if grep -Eq -- "$2" "$T/.last"; then pass "$1"; else
-		fail "$1 (output lacks /$2/)"; sed 's/^/    | /' "$T/.last" | head -5
-	fi
-}
-no_leftovers() { ! ls -A "$1" | grep -q 'sparsync-'; }
 # below NAME FIELD LIMIT: the --json output of the last check has FIELD < LIMIT.
 below() {
 	local v; v=$(json_field "$2" <"$T/.last")
@@ -100,7 +93,7 @@ check "local qcow2: zeroed range holds no data" range_is_hole "$T/local.qcow2" $
 check "local --whole" $TO "$SPARSYNC" copy --json --whole "$src" "$T/local.raw"
 above "local --whole rewrites everything" bytes_written $((DATA / 2))
 check "local --whole identical" cmp "$src" "$T/local.raw"
-check "local: no temporary files" no_leftovers "$T"
+check "local: no temporary files" no_temp_files "$T"
 
 # ---- over ssh (built-in client) ----
 sshd_start || exit 0
@@ -125,7 +118,7 @@ above "push: unchanged data was recognised" bytes_unchanged $((DATA / 2))
 above "push: changed blocks are counted" blocks_changed 0
 check "push: destination identical" cmp "$src" "$R/dst.raw"
 check "push: zeroed range became a hole" range_is_hole "$R/dst.raw" $ZOFF $ZLEN
-check "push: no temporary file left" no_leftovers "$R"
+check "push: no temporary file left" no_temp_files "$R"
 
 check "push: sync the qcow2 destination" $TO "$SPARSYNC" copy --json $OPTS "$src" "$H:$R/dst.qcow2"
 below "push qcow2: the second push sends little" bytes_sent $LIMIT
@@ -146,7 +139,7 @@ below "pull qcow2: little received" bytes_received $LIMIT
 check "pull qcow2: content identical" same_content "$src" "$T/pulled.qcow2"
 check "pull qcow2: qemu-img check clean" qemu-img check -q "$T/pulled.qcow2"
 check "pull qcow2: zeroed range holds no data" range_is_hole "$T/pulled.qcow2" $ZOFF $ZLEN
-check "pull: no temporary file left" no_leftovers "$T"
+check "pull: no temporary file left" no_temp_files "$T"
 
 # Nothing changed: next to nothing on the wire, nothing written.
 check "push unchanged" $TO "$SPARSYNC" copy --json $OPTS "$src" "$H:$R/dst.raw"
@@ -213,4 +206,4 @@ done
 check "re-run after SIGKILL" $TO "$SPARSYNC" copy --json $OPTS "$src" "$H:$R/dst.raw"
 below "re-run sends only what still differs" bytes_sent $CHG
 check "re-run: destination identical" cmp "$src" "$R/dst.raw"
-check "no temporary files on the remote side" no_leftovers "$R"
+check "no temporary files on the remote side" no_temp_files "$R"

@@ -4,7 +4,6 @@
 # images, then either side remote (built-in ssh client and -e).
 . "$(dirname "$0")/../lib.sh"
 . "$TOP/tests/sshd_lib.sh"
-MiB=$((1 << 20))
 TO="timeout 600"
 
 # exits NAME WANT CMD...: CMD exits with status WANT (output in $T/.last).
@@ -14,11 +13,6 @@ exits() {
 	local rc=$?
 	if [ $rc -eq "$want" ]; then pass "$name"; else
 		fail "$name (exit $rc, want $want; command: $*)"; sed 's/^/    | /' "$T/.last" | head -10
-	fi
-}
-said() {
-	if grep -Eq -- "$2" "$T/.last"; then pass "$1"; else
-		fail "$1 (output lacks /$2/)"; sed 's/^/    | /' "$T/.last" | head -5
 	fi
 }
 

@@ -563,24 +563,6 @@ static int receive_from_mem(struct memt *m, const char *dst)
 	return receive_run(&m->base, &ro, &st);
 }
 
-static bool same_file(const char *a, const char *b)
-{
-	FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-	bool same = fa && fb;
-	while (same) {
-		int ca = fgetc(fa), cb = fgetc(fb);
-		if (ca != cb)
-			same = false;
-		if (ca == EOF || cb == EOF)
-			break;
-	}
-	if (fa)
-		fclose(fa);
-	if (fb)
-		fclose(fb);
-	return same;
-}
-
 static void test_end_to_end(void)
 {
 	char sp[256], dp[256];

@@ -65,24 +65,6 @@ static void make_file(const char *path, uint64_t size)
 		close(fd);
 }
 
-static bool same_file(const char *a, const char *b)
-{
-	FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-	bool same = fa && fb;
-	while (same) {
-		int ca = fgetc(fa), cb = fgetc(fb);
-		if (ca != cb)
-			same = false;
-		if (ca == EOF || cb == EOF)
-			break;
-	}
-	if (fa)
-		fclose(fa);
-	if (fb)
-		fclose(fb);
-	return same;
-}
-
 /* No data in [off, off+len) (SEEK_DATA finds none there). */
 static bool is_hole(const char *path, uint64_t off, uint64_t len)
 {

@@ -3,6 +3,7 @@
 #ifndef SPARSYNC_UNIT_H
 #define SPARSYNC_UNIT_H
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -26,6 +27,25 @@ static inline const char *unit_tmpdir(void)
 {
 	const char *t = getenv("SPARSYNC_TEST_TMP");
 	return t ? t : "/tmp";
+}
+
+/* Byte-for-byte equal files (both must exist). */
+static inline bool same_file(const char *a, const char *b)
+{
+	FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+	bool same = fa && fb;
+	while (same) {
+		int ca = fgetc(fa), cb = fgetc(fb);
+		if (ca != cb)
+			same = false;
+		if (ca == EOF || cb == EOF)
+			break;
+	}
+	if (fa)
+		fclose(fa);
+	if (fb)
+		fclose(fb);
+	return same;
 }
 
 #endif
