@@ -12,12 +12,7 @@
 # Samples of other processes on the machine are left out of the table.
 set -u -o pipefail
 export LC_ALL=C
-TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SPARSYNC=${SPARSYNC:-$TOP/sparsync}
-if [ -z "${BENCH_DIR:-}" ]; then
-	if [ -d /work ] && [ -w /work ]; then BENCH_DIR=/work/tmp-bench
-	else BENCH_DIR=/var/tmp/sparsync-bench; fi
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 IMAGE=${1:-$BENCH_DIR/img/fs.raw}
 [ $# -gt 0 ] && shift
 [ -f "$IMAGE" ] || { echo "profile: no $IMAGE (run KEEP=1 bash bench/run.sh first, or name an image)" >&2; exit 1; }

@@ -7,12 +7,7 @@
 set -u -o pipefail
 export LC_ALL=C
 
-TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SPARSYNC=${SPARSYNC:-$TOP/sparsync}
-if [ -z "${BENCH_DIR:-}" ]; then
-	if [ -d /work ] && [ -w /work ]; then BENCH_DIR=/work/tmp-bench
-	else BENCH_DIR=/var/tmp/sparsync-bench; fi
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 KEEP=${KEEP:-0}
 BENCH_CASES=${BENCH_CASES:-local frag tib push}
 BENCH_FS_SIZE=${BENCH_FS_SIZE:-8G}
@@ -281,16 +276,22 @@ skip_ssh() { # CASE TOOL...: mark ssh rows FAILED when there is no sshd
 
 SP="$SPARSYNC copy --json -q $SPARSYNC_OPTS"
 
+# raw_to_raw CASE SRC SAME: sparsync, qemu-img convert and cp --sparse=always
+# copy the raw SRC; SAME (same_raw or same_raw_img) checks each result.
+same_raw_img() { same_img "$1" raw "$2" raw; }
+raw_to_raw() {
+	local c=$1 src=$2 same=$3
+	bench_fresh "$c" sparsync none "$L/s.raw" "$($same "$src" "$L/s.raw")" "$SP '$src' '$L/s.raw'"
+	bench_fresh "$c" "qemu-img convert" none "$L/q.raw" "$($same "$src" "$L/q.raw")" \
+		"qemu-img convert -f raw -O raw '$src' '$L/q.raw'"
+	bench_fresh "$c" "cp --sparse=always" none "$L/c.raw" "$($same "$src" "$L/c.raw")" \
+		"cp --sparse=always '$src' '$L/c.raw'"
+	rm -f "$L"/*
+}
+
 # ---------------------------------------------------------------- local cases
 if want local; then
-	c="fs: local raw->raw"
-	bench_fresh "$c" sparsync none "$L/s.raw" "$(same_raw "$IMG/fs.raw" "$L/s.raw")" \
-		"$SP '$IMG/fs.raw' '$L/s.raw'"
-	bench_fresh "$c" "qemu-img convert" none "$L/q.raw" "$(same_raw "$IMG/fs.raw" "$L/q.raw")" \
-		"qemu-img convert -f raw -O raw '$IMG/fs.raw' '$L/q.raw'"
-	bench_fresh "$c" "cp --sparse=always" none "$L/c.raw" "$(same_raw "$IMG/fs.raw" "$L/c.raw")" \
-		"cp --sparse=always '$IMG/fs.raw' '$L/c.raw'"
-	rm -f "$L"/*
+	raw_to_raw "fs: local raw->raw" "$IMG/fs.raw" same_raw
 
 	c="fs: local raw->qcow2"
 	bench_fresh "$c" sparsync none "$L/s.qcow2" "$(same_img "$IMG/fs.raw" raw "$L/s.qcow2" qcow2)" \
@@ -308,25 +309,11 @@ if want local; then
 fi
 
 if want frag; then
-	c="frag: local raw->raw"
-	bench_fresh "$c" sparsync none "$L/s.raw" "$(same_raw "$IMG/frag.raw" "$L/s.raw")" \
-		"$SP '$IMG/frag.raw' '$L/s.raw'"
-	bench_fresh "$c" "qemu-img convert" none "$L/q.raw" "$(same_raw "$IMG/frag.raw" "$L/q.raw")" \
-		"qemu-img convert -f raw -O raw '$IMG/frag.raw' '$L/q.raw'"
-	bench_fresh "$c" "cp --sparse=always" none "$L/c.raw" "$(same_raw "$IMG/frag.raw" "$L/c.raw")" \
-		"cp --sparse=always '$IMG/frag.raw' '$L/c.raw'"
-	rm -f "$L"/*
+	raw_to_raw "frag: local raw->raw" "$IMG/frag.raw" same_raw
 fi
 
 if want tib; then
-	c="1 TiB: local copy"
-	bench_fresh "$c" sparsync none "$L/s.raw" "$(same_img "$IMG/tib.raw" raw "$L/s.raw" raw)" \
-		"$SP '$IMG/tib.raw' '$L/s.raw'"
-	bench_fresh "$c" "qemu-img convert" none "$L/q.raw" "$(same_img "$IMG/tib.raw" raw "$L/q.raw" raw)" \
-		"qemu-img convert -f raw -O raw '$IMG/tib.raw' '$L/q.raw'"
-	bench_fresh "$c" "cp --sparse=always" none "$L/c.raw" "$(same_img "$IMG/tib.raw" raw "$L/c.raw" raw)" \
-		"cp --sparse=always '$IMG/tib.raw' '$L/c.raw'"
-	rm -f "$L"/*
+	raw_to_raw "1 TiB: local copy" "$IMG/tib.raw" same_raw_img
 
 	c="1 TiB: push fresh (ssh)"
 	if [ "$SSHD_UP" = 1 ]; then
