@@ -44,6 +44,11 @@ int cli_shared_option(struct copy_cli *cli, const char *cmd, int c, const char *
 	case OPT_KNOWN_HOSTS: cli->known_hosts = arg; return 0;
 	case OPT_ACCEPT_NEW: cli->accept_new_host_key = true; return 0;
 	case OPT_REMOTE_PATH: cli->remote_path = arg; return 0;
+	case OPT_TIMEOUT:
+		if (parse_size(arg, &v) < 0 || v < 1 || v > 86400)
+			return usage_error(cmd, "--timeout takes seconds from 1 to 86400");
+		cli->timeout_s = (unsigned)v;
+		return 0;
 	default: return -1;
 	}
 }

@@ -35,6 +35,8 @@ static const char copy_usage[] =
 	"  -e, --rsh CMD           run CMD (e.g. 'ssh -p 2222') instead of the built-in client\n"
 	"  --compress C            zstd[:LEVEL] | lz4 | none (default zstd:1 over the network)\n"
 	"  --bwlimit RATE          bytes per second, e.g. 8M\n"
+	"  --timeout SECONDS       fail when no data moves for that long (default: wait;\n"
+	"                          also for a stream on stdin/stdout)\n"
 	"Output:\n"
 	"  --json                  print a JSON summary on stdout at the end\n"
 	"  -P, --progress          show progress even when stderr is not a terminal\n"

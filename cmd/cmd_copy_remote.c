@@ -74,7 +74,7 @@ static char *cl_done(struct cmdline *c)
 	return c->s;
 }
 
-/* `REMOTE_PATH serve [-j N]`; the remote path is not quoted, like rsync's
+/* `REMOTE_PATH serve [-j N] [--timeout S]`; the remote path is not quoted, like rsync's
  * --rsync-path, so "sudo sparsync" works. */
 static void serve_prefix(struct cmdline *c, const struct copy_cli *cli)
 {
@@ -84,6 +84,12 @@ static void serve_prefix(struct cmdline *c, const struct copy_cli *cli)
 		char num[32];
 		snprintf(num, sizeof num, "%u", cli->workers);
 		cl_opt(c, "-j", num);
+	}
+	/* Like rsync: the remote gives up on a stalled client too. */
+	if (cli->timeout_s) {
+		char num[32];
+		snprintf(num, sizeof num, "%u", cli->timeout_s);
+		cl_opt(c, "--timeout", num);
 	}
 }
 
@@ -138,8 +144,10 @@ static struct transport *connect_remote(const struct copy_cli *cli, const struct
 	};
 	struct transport *t = cli->rsh ? transport_exec_open(&ro, command)
 				       : transport_ssh_open(&ro, command);
-	if (t)
+	if (t) {
 		t->bwlimit = cli->bwlimit;
+		transport_set_timeout(t, cli->timeout_s);
+	}
 	return t;
 }
 
@@ -163,16 +171,18 @@ struct transport *remote_open_hashes(const struct copy_cli *cli, const struct en
 /* Close the connection and fold the remote's exit status into the result.
  * Status 1 is sparsync's own failure, already explained by an ERROR record
  * or its stderr line; other statuses (127 no such command, 255 ssh failed,
- * 128+N killed) say something the user needs. */
+ * 128+N killed) say something the user needs, except after --timeout,
+ * when we stopped the wedged remote ourselves. */
 int remote_finish(struct transport *t, int rc)
 {
 	char saved[1024];
 	snprintf(saved, sizeof saved, "%s", sp_errmsg());
 	char *name = strdup(t->name);
+	bool we_stopped_it = t->timed_out;
 	int status;
 	int crc = transport_close(t, &status);
 	if (rc < 0) {
-		if (status > 1)
+		if (status > 1 && !we_stopped_it)
 			sp_err("%s (remote command exit status %d)", saved, status);
 		else
 			sp_err("%s", saved);
@@ -279,6 +289,7 @@ static int stream_out(const struct copy_cli *cli, struct sp_stats *st)
 		return -1;
 	}
 	t->bwlimit = cli->bwlimit;
+	transport_set_timeout(t, cli->timeout_s);
 	int rc = send_image(cli, src, t, true, st);
 	if (transport_close(t, NULL) < 0)
 		rc = -1;
@@ -293,6 +304,7 @@ static int stream_in(const struct copy_cli *cli, struct sp_stats *st)
 	struct transport *t = transport_fd_open(STDIN_FILENO, -1, "stdin");
 	if (!t)
 		return -1;
+	transport_set_timeout(t, cli->timeout_s);
 	struct receive_opts ro = {
 		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
 		.stream = true, .progress = cli->progress,

@@ -24,13 +24,14 @@ static const char serve_usage[] =
 	"                      [--sync] [--backing FILE] [--whole]\n"
 	"       sparsync serve --send PATH [-f raw|qcow2] [--compress C] [--bwlimit RATE]\n"
 	"       sparsync serve --hashes PATH [-f raw|qcow2] [--hash-unit SIZE]\n"
+	"Each also takes -j N and --timeout SECONDS.\n"
 	"The remote half of 'sparsync copy' and 'sparsync verify', started by them\n"
 	"over ssh: speaks the sparsync protocol on stdin/stdout. Not meant to be run\n"
 	"by hand.\n";
 
 enum {
 	OPT_RECEIVE = 256, OPT_SEND, OPT_HASHES, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT,
-	OPT_BACKING, OPT_WHOLE, OPT_HASH_UNIT, OPT_SYNC,
+	OPT_BACKING, OPT_WHOLE, OPT_HASH_UNIT, OPT_SYNC, OPT_TIMEOUT,
 };
 
 struct serve_args {
@@ -42,6 +43,7 @@ struct serve_args {
 	bool whole, sync;
 	uint32_t hash_unit;
 	unsigned workers;
+	unsigned timeout_s;
 };
 
 static int parse(int argc, char **argv, struct serve_args *a)
@@ -57,6 +59,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		{ "whole", no_argument, NULL, OPT_WHOLE },
 		{ "sync", no_argument, NULL, OPT_SYNC },
 		{ "hash-unit", required_argument, NULL, OPT_HASH_UNIT },
+		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -83,6 +86,11 @@ static int parse(int argc, char **argv, struct serve_args *a)
 			if (parse_size(optarg, &v) < 0 || v < 1 || v > 256)
 				return usage_error("serve", "-j takes a number of threads from 1 to 256");
 			a->workers = (unsigned)v;
+			break;
+		case OPT_TIMEOUT:
+			if (parse_size(optarg, &v) < 0 || v < 1 || v > 86400)
+				return usage_error("serve", "bad --timeout '%s'", optarg);
+			a->timeout_s = (unsigned)v;
 			break;
 		case 'f':
 		case 'O': {
@@ -172,6 +180,7 @@ int cmd_serve(int argc, char **argv)
 	if (!t)
 		return fail();
 	t->bwlimit = a.bwlimit;
+	transport_set_timeout(t, a.timeout_s);
 	if (a.receive) {
 		struct sp_stats st;
 		memset(&st, 0, sizeof st);

@@ -31,7 +31,7 @@ static const char verify_usage[] =
 	"  -q, --quiet             print nothing, only the exit status tells\n"
 	"Remote options (as for copy):\n"
 	"  -p PORT, -i FILE, --known-hosts FILE, --accept-new-host-key,\n"
-	"  --remote-path PATH, -e/--rsh CMD\n"
+	"  --remote-path PATH, -e/--rsh CMD, --timeout SECONDS\n"
 	"\n"
 	"With a remote side, the offset printed is the start of the first differing\n"
 	"hash unit (64 KiB, more for very large images), or the first non-zero byte\n"

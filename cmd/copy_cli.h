@@ -28,21 +28,23 @@ struct copy_cli {
 	const char *rsh;            /* -e / --rsh */
 	const char *wire_compress;  /* --compress zstd[:LEVEL]|lz4|none; NULL = default */
 	uint64_t bwlimit;           /* bytes per second, 0 = none */
+	unsigned timeout_s;         /* --timeout, 0 = none */
 };
 
 /* getopt_long codes of the options copy and verify share; each command
  * numbers its own from OPT_CLI_NEXT. */
 enum {
-	OPT_KNOWN_HOSTS = 256, OPT_ACCEPT_NEW, OPT_REMOTE_PATH, OPT_CLI_NEXT,
+	OPT_KNOWN_HOSTS = 256, OPT_ACCEPT_NEW, OPT_REMOTE_PATH, OPT_TIMEOUT, OPT_CLI_NEXT,
 };
 #define CLI_REMOTE_LONGOPTS \
 	{ "known-hosts", required_argument, NULL, OPT_KNOWN_HOSTS }, \
 	{ "accept-new-host-key", no_argument, NULL, OPT_ACCEPT_NEW }, \
 	{ "remote-path", required_argument, NULL, OPT_REMOTE_PATH }, \
+	{ "timeout", required_argument, NULL, OPT_TIMEOUT }, \
 	{ "rsh", required_argument, NULL, 'e' }
 
 /* The shared options -j -p -i -e --known-hosts --accept-new-host-key
- * --remote-path (cli_util.c): stores option c with argument arg in cli and
+ * --remote-path --timeout (cli_util.c): stores option c with argument arg in cli and
  * returns 0; -1 when c is not one of them; EXIT_USAGE (message printed
  * for cmd) when its value is bad. */
 int cli_shared_option(struct copy_cli *cli, const char *cmd, int c, const char *arg);

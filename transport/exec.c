@@ -126,11 +126,12 @@ static void nap(long ms)
 }
 
 /* Wait for the child; if it lingers after its pipes are gone, ask it to
- * go (TERM), then insist (KILL), so a wedged command cannot hang us. */
-static int reap(pid_t pid)
+ * go (TERM), then insist (KILL), so a wedged command cannot hang us. After
+ * --timeout fired it is known to be wedged: ask at once. */
+static int reap(pid_t pid, bool wedged)
 {
 	int st = 0;
-	long waited = 0;
+	long waited = wedged ? 30000 : 0;
 	int sig = 0;
 	for (;;) {
 		pid_t r = waitpid(pid, &st, WNOHANG);
@@ -164,7 +165,7 @@ static int exec_close(struct transport *base, int *status)
 	if (t->rfd >= 0)
 		close(t->rfd);
 	t->rfd = -1;
-	*status = t->pid > 0 ? reap(t->pid) : -1;
+	*status = t->pid > 0 ? reap(t->pid, base->timed_out) : -1;
 	free(base->name);
 	free(t);
 	return 0;

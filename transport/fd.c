@@ -41,6 +41,7 @@ static void drop(int *fd)
 static int fd_close_write(struct transport *base)
 {
 	struct fd_transport *t = (struct fd_transport *)base;
+	transport_fd_restore(base);
 	drop(&t->wfd);
 	return 0;
 }
@@ -49,6 +50,7 @@ static int fd_close(struct transport *base, int *status)
 {
 	struct fd_transport *t = (struct fd_transport *)base;
 	int rc = 0;
+	transport_fd_restore(base);
 	if (t->wfd > 2 && close(t->wfd) < 0)
 		rc = sp_err("%s: close: %s", base->name, strerror(errno));
 	t->wfd = -1;

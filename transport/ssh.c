@@ -80,6 +80,7 @@ struct ssh_transport {
 	size_t roff, rlen, rcap;
 	/* liveness, CLOCK_MONOTONIC ms */
 	int64_t last_progress;  /* a byte sent or received */
+	int64_t last_data;      /* stream data moved (keepalives do not count) */
 	int64_t op_start;       /* the current read/write/close began */
 	int64_t last_keepalive;
 	int64_t last_check;     /* write() last looked at incoming data */
@@ -219,6 +220,14 @@ static int liveness(struct ssh_transport *t)
 	 * been busy elsewhere since the last byte moved. */
 	int64_t since = t->last_progress > t->op_start ? t->last_progress : t->op_start;
 	int64_t quiet = now - since;
+	/* --timeout: sshd answering keepalives says nothing about the remote
+	 * command, so only its data counts. */
+	int64_t idle = now - (t->last_data > t->op_start ? t->last_data : t->op_start);
+	if (t->base.timeout_s && idle >= (int64_t)t->base.timeout_s * 1000) {
+		t->dead = t->broken = t->base.timed_out = true;
+		return sp_err("%s: the remote command moved no data for %u s (--timeout)", t->base.name,
+			      t->base.timeout_s);
+	}
 	if (quiet >= (int64_t)DEAD_S * 1000) {
 		t->dead = true;
 		t->broken = true;
@@ -357,6 +366,7 @@ static int pump_incoming(struct ssh_transport *t)
 		note_pending(t, P_READ, n);
 		if (n > 0) {
 			t->rlen += (size_t)n;
+			t->last_data = now_ms();
 			moved = true;
 			continue;
 		}
@@ -401,6 +411,7 @@ static int ssh_write(struct transport *base, const void *buf, size_t len)
 		ssize_t n = libssh2_channel_write(t->ch, p, len);
 		if (n > 0) {
 			t->pending = P_NONE;
+			t->last_data = now_ms();
 			stall_since = 0;
 			p += n;
 			len -= (size_t)n;
@@ -489,6 +500,7 @@ static ssize_t ssh_read(struct transport *base, void *buf, size_t len)
 		note_pending(t, P_READ, n);
 		if (n > 0) {
 			base->bytes_in += (uint64_t)n;
+			t->last_data = now_ms();
 			return n;
 		}
 		if (n < 0 && n != LIBSSH2_ERROR_EAGAIN)
@@ -572,8 +584,10 @@ static int finish_channel(struct ssh_transport *t)
 			return -1;
 		ssize_t n = libssh2_channel_read(t->ch, junk, sizeof junk);
 		note_pending(t, P_READ, n);
-		if (n > 0)
+		if (n > 0) {
+			t->last_data = now_ms();
 			continue;
+		}
 		if (n < 0 && n != LIBSSH2_ERROR_EAGAIN) {
 			fail(t, (int)n, "waiting for the remote command");
 			return -1;

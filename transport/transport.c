@@ -7,6 +7,8 @@
 #include "../core/stats.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,27 +79,91 @@ int transport_close(struct transport *t, int *status)
 	return t->ops->close(t, status);
 }
 
+void transport_set_timeout(struct transport *t, unsigned seconds)
+{
+	t->timeout_s = seconds;
+}
+
+/* --timeout for descriptors: wait until fd is ready for ev, or fail once
+ * nothing has come for t->timeout_s since the call began. */
+static int wait_fd(struct transport *t, int fd, short ev, const char *peer)
+{
+	double deadline = now_seconds() + t->timeout_s;
+	for (;;) {
+		double left = deadline - now_seconds();
+		struct pollfd p = { .fd = fd, .events = ev };
+		int r = left > 0 ? poll(&p, 1, (int)(left * 1000) + 1) : 0;
+		if (r > 0)
+			return 0;
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return sp_err("%s: poll: %s", t->name, strerror(errno));
+		if (now_seconds() >= deadline) {
+			t->timed_out = true;
+			if (ev == POLLIN)
+				return sp_err("%s: no data from %s for %u s (--timeout)", t->name, peer,
+					      t->timeout_s);
+			return sp_err("%s: %s took no data for %u s (--timeout)", t->name, peer,
+				      t->timeout_s);
+		}
+	}
+}
+
 ssize_t transport_fd_read(struct transport *t, int fd, void *buf, size_t len, const char *peer)
 {
 	for (;;) {
+		/* After POLLIN a read returns at once, even on a blocking fd. */
+		if (t->timeout_s && wait_fd(t, fd, POLLIN, peer) < 0)
+			return -1;
 		ssize_t n = read(fd, buf, len);
 		if (n >= 0) {
 			t->bytes_in += (uint64_t)n;
 			return n;
 		}
-		if (errno != EINTR)
+		if (errno != EINTR && errno != EAGAIN)
 			return sp_err("%s: read from %s: %s", t->name, peer, strerror(errno));
 	}
+}
+
+/* A blocking write may sleep half-done with POLLOUT long gone: with
+ * --timeout, write non-blocking (restored by transport_fd_restore). */
+static void make_nonblocking(struct transport *t, int fd)
+{
+	if (t->nb_set)
+		return;
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || (fl & O_NONBLOCK))
+		return;
+	if (fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0) {
+		t->nb_set = true;
+		t->nb_fd = fd;
+		t->nb_flags = fl;
+	}
+}
+
+void transport_fd_restore(struct transport *t)
+{
+	if (t->nb_set)
+		fcntl(t->nb_fd, F_SETFL, t->nb_flags);
+	t->nb_set = false;
 }
 
 int transport_fd_write(struct transport *t, int fd, const void *buf, size_t len, const char *peer)
 {
 	const char *p = buf;
+	if (t->timeout_s)
+		make_nonblocking(t, fd);
 	while (len > 0) {
 		ssize_t n = write(fd, p, len);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
+			if (errno == EAGAIN) {
+				if (wait_fd(t, fd, POLLOUT, peer) < 0)
+					return -1;
+				continue;
+			}
 			if (errno == EPIPE)
 				return sp_err("%s: %s closed the connection (broken pipe)", t->name, peer);
 			return sp_err("%s: write to %s: %s", t->name, peer, strerror(errno));

@@ -6,6 +6,7 @@
 #ifndef SPARSYNC_TRANSPORT_H
 #define SPARSYNC_TRANSPORT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -33,6 +34,10 @@ struct transport {
 	uint64_t bwlimit;       /* bytes per second for writes, 0 = none */
 	double pace_start;      /* --bwlimit: when pacing began (0 = not yet) */
 	uint64_t pace_base;     /* bytes_out at that moment */
+	unsigned timeout_s;     /* --timeout: fail when no data moves for this long, 0 = never */
+	bool timed_out;         /* it did: close need not wait politely for the peer */
+	bool nb_set;            /* transport_fd_write made nb_fd non-blocking ... */
+	int nb_fd, nb_flags;    /* ... and its flags before that */
 };
 
 /* Options for reaching a remote host (built-in client or -e command). */
@@ -57,6 +62,10 @@ static inline ssize_t transport_read(struct transport *t, void *buf, size_t len)
 	return t->ops->read(t, buf, len);
 }
 int transport_write(struct transport *t, const void *buf, size_t len); /* counts, applies bwlimit */
+/* --timeout: from now on a read or write that sees no data move for
+ * seconds fails (0 = wait for ever, the default). Like rsync's --timeout,
+ * it catches a peer that stalls while the connection stays up. */
+void transport_set_timeout(struct transport *t, unsigned seconds);
 /* Read exactly len bytes; end of stream first is an error naming t. */
 int transport_read_full(struct transport *t, void *buf, size_t len);
 int transport_close(struct transport *t, int *status);
@@ -66,5 +75,7 @@ int transport_close(struct transport *t, int *status);
  * messages ("the remote command", "the stream"). */
 ssize_t transport_fd_read(struct transport *t, int fd, void *buf, size_t len, const char *peer);
 int transport_fd_write(struct transport *t, int fd, const void *buf, size_t len, const char *peer);
+/* Undo what transport_fd_write did to a borrowed fd for --timeout. */
+void transport_fd_restore(struct transport *t);
 
 #endif
