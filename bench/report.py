@@ -8,6 +8,8 @@ RESULTS.tsv rows: case, tool, status (ok|FAILED|TIMEOUT), seconds, bytes
 sent, bytes received (over ssh, payload before encryption), peak RSS KiB,
 remote peak RSS KiB, destination allocated bytes, note, CPU busy % just
 before the run (the worst of its repetitions).
+Several rows of one case and tool (runs interleaved with the peers' by
+run.sh) become one: the median time, the largest RSS, the worst status.
 Exit status: 0 all rows ok and all targets met, 1 a row FAILED, 3 every row
 ok (or timed out as allowed) but a target not met.
 """
@@ -48,7 +50,34 @@ def load(path):
                              sent=sent, recv=recv, wire=wire, rss=num(p[6]),
                              rrss=num(p[7]), alloc=num(p[8]), note=p[9],
                              busy=num(p[10])))
-    return rows
+    return merge_runs(rows)
+
+
+def merge_runs(rows):
+    """One row per (case, tool), in order of first appearance."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["tool"]), []).append(r)
+    out = []
+    for key in dict.fromkeys((r["case"], r["tool"]) for r in rows):
+        runs = groups[key]
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        m = dict(runs[-1])
+        bad = [r for r in runs if r["status"] != "ok"]
+        if bad:
+            m = dict(bad[0])
+        else:
+            times = sorted(r["secs"] for r in runs)
+            m["secs"] = times[(len(times) - 1) // 2]
+            m["note"] = "median of %d runs interleaved with the peers': %s" % (
+                len(runs), " ".join("%.2f" % r["secs"] for r in runs))
+        for k in ("rss", "rrss", "busy"):
+            vals = [r[k] for r in runs if r[k] is not None]
+            m[k] = max(vals) if vals else None
+        out.append(m)
+    return out
 
 
 def ref_of(rows, case):

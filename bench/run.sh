@@ -21,6 +21,7 @@ BENCH_CHANGE_PCT=${BENCH_CHANGE_PCT:-1}
 BENCH_CHANGE_WRITE=${BENCH_CHANGE_WRITE:-4K}
 BENCH_REPEAT=${BENCH_REPEAT:-3}            # runs of each quick command (median reported)
 BENCH_PEER_REPEAT=${BENCH_PEER_REPEAT:-1}  # runs of rsync/tar on the fs image (slow)
+BENCH_LOCAL_REPEAT=${BENCH_LOCAL_REPEAT:-5} # rounds of each local case (tools alternate)
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}          # rsync -S on the 1 TiB file
 BENCH_CMD_TIMEOUT=${BENCH_CMD_TIMEOUT:-900}  # any other timed command
 BENCH_STRICT=${BENCH_STRICT:-0}              # 1: unmet targets fail the run too
@@ -276,36 +277,44 @@ skip_ssh() { # CASE TOOL...: mark ssh rows FAILED when there is no sshd
 
 SP="$SPARSYNC copy --json -q $SPARSYNC_OPTS"
 
+# The local cases are disk-bound and this kind of VM drifts by +-20 % over
+# minutes: each round runs every tool once, in turn, so drift hits them
+# alike; report.py keeps the median of each tool's rounds.
+# local_fresh CASE TOOL DST CHECK CMD: one run of a fresh local copy.
+local_fresh() { REPS=1 bench_fresh "$1" "$2" none "$3" "$4" "$5"; }
+
 # raw_to_raw CASE SRC SAME: sparsync, qemu-img convert and cp --sparse=always
 # copy the raw SRC; SAME (same_raw or same_raw_img) checks each result.
 same_raw_img() { same_img "$1" raw "$2" raw; }
 raw_to_raw() {
-	local c=$1 src=$2 same=$3
-	bench_fresh "$c" sparsync none "$L/s.raw" "$($same "$src" "$L/s.raw")" "$SP '$src' '$L/s.raw'"
-	bench_fresh "$c" "qemu-img convert" none "$L/q.raw" "$($same "$src" "$L/q.raw")" \
-		"qemu-img convert -f raw -O raw '$src' '$L/q.raw'"
-	bench_fresh "$c" "cp --sparse=always" none "$L/c.raw" "$($same "$src" "$L/c.raw")" \
-		"cp --sparse=always '$src' '$L/c.raw'"
+	local c=$1 src=$2 same=$3 i
+	for ((i = 1; i <= BENCH_LOCAL_REPEAT; i++)); do
+		local_fresh "$c" sparsync "$L/s.raw" "$($same "$src" "$L/s.raw")" "$SP '$src' '$L/s.raw'"
+		local_fresh "$c" "qemu-img convert" "$L/q.raw" "$($same "$src" "$L/q.raw")" \
+			"qemu-img convert -f raw -O raw '$src' '$L/q.raw'"
+		local_fresh "$c" "cp --sparse=always" "$L/c.raw" "$($same "$src" "$L/c.raw")" \
+			"cp --sparse=always '$src' '$L/c.raw'"
+	done
+	rm -f "$L"/*
+}
+# convert CASE SRC SRCFMT DSTFMT REF: sparsync and qemu-img convert SRC to
+# DSTFMT; each result is checked against the raw REF (cmp for raw output).
+convert() {
+	local c=$1 src=$2 sf=$3 df=$4 ref=$5 i
+	same_as_ref() { if [ "$df" = raw ]; then same_raw "$ref" "$1"; else same_img "$ref" raw "$1" "$df"; fi; }
+	for ((i = 1; i <= BENCH_LOCAL_REPEAT; i++)); do
+		local_fresh "$c" sparsync "$L/s.$df" "$(same_as_ref "$L/s.$df")" "$SP -O $df '$src' '$L/s.$df'"
+		local_fresh "$c" "qemu-img convert" "$L/q.$df" "$(same_as_ref "$L/q.$df")" \
+			"qemu-img convert -f $sf -O $df '$src' '$L/q.$df'"
+	done
 	rm -f "$L"/*
 }
 
 # ---------------------------------------------------------------- local cases
 if want local; then
 	raw_to_raw "fs: local raw->raw" "$IMG/fs.raw" same_raw
-
-	c="fs: local raw->qcow2"
-	bench_fresh "$c" sparsync none "$L/s.qcow2" "$(same_img "$IMG/fs.raw" raw "$L/s.qcow2" qcow2)" \
-		"$SP -O qcow2 '$IMG/fs.raw' '$L/s.qcow2'"
-	bench_fresh "$c" "qemu-img convert" none "$L/q.qcow2" "$(same_img "$IMG/fs.raw" raw "$L/q.qcow2" qcow2)" \
-		"qemu-img convert -f raw -O qcow2 '$IMG/fs.raw' '$L/q.qcow2'"
-	rm -f "$L"/*
-
-	c="fs: local qcow2->raw"
-	bench_fresh "$c" sparsync none "$L/s.raw" "$(same_raw "$IMG/fs.raw" "$L/s.raw")" \
-		"$SP -O raw '$IMG/fs.qcow2' '$L/s.raw'"
-	bench_fresh "$c" "qemu-img convert" none "$L/q.raw" "$(same_raw "$IMG/fs.raw" "$L/q.raw")" \
-		"qemu-img convert -f qcow2 -O raw '$IMG/fs.qcow2' '$L/q.raw'"
-	rm -f "$L"/*
+	convert "fs: local raw->qcow2" "$IMG/fs.raw" raw qcow2 "$IMG/fs.raw"
+	convert "fs: local qcow2->raw" "$IMG/fs.qcow2" qcow2 raw "$IMG/fs.raw"
 fi
 
 if want frag; then
