@@ -36,6 +36,7 @@ static void engine_opts(const struct copy_cli *cli, const struct image *dst, str
 	o->zero_grain = dst->granularity > 4096 ? dst->granularity : 4096;
 	o->workers = cli->workers;
 	o->progress = cli->progress;
+	o->read_ahead = cli->create.compress != CODEC_NONE;
 }
 
 static int copy_with_backing(const struct copy_cli *cli, struct image *src, struct sp_stats *st)

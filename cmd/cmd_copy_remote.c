@@ -213,6 +213,7 @@ static void sender_setup(const struct copy_cli *cli, const struct image *src, bo
 	co->block_size = so->block_size;
 	co->workers = cli->workers;
 	co->progress = cli->progress;
+	co->read_ahead = true;
 }
 
 /* Send src over t: hellos, IMAGE, the engine's records, END (+ ACK). */

@@ -155,7 +155,7 @@ static int serve_send(struct transport *t, const struct serve_args *a)
 		rc = sender_begin(&snd, src);
 	if (rc == 0) {
 		struct copy_opts co = { .block_size = so.block_size, .workers = a->workers,
-					.progress = PROGRESS_OFF };
+					.progress = PROGRESS_OFF, .read_ahead = true };
 		rc = copy_run(src, &snd.base, &co, &st);
 	}
 	if (rc < 0)

@@ -30,6 +30,7 @@ struct pipeline {
 	struct sink *sink;
 	struct sp_stats *st;
 	size_t bs, grain;
+	bool read_ahead;
 
 	pthread_mutex_t lock;
 	pthread_cond_t not_empty, not_full;
@@ -173,7 +174,8 @@ static void read_extents(struct pipeline *p, struct progress *prog)
 		while (pos < up) {
 			uint64_t next = (pos / p->bs + 1) * p->bs;
 			size_t n = (size_t)((next < up ? next : up) - pos);
-			image_prefetch(src, pos, n);
+			if (p->read_ahead)
+				image_prefetch(src, pos, n);
 			if (!enqueue(p, pos, n))
 				return;
 			pos += n;
@@ -204,6 +206,7 @@ int copy_run(struct image *src, struct sink *sink, const struct copy_opts *o, st
 	p.st = st;
 	p.bs = o->block_size ? o->block_size : BLOCK_SIZE_DEFAULT;
 	p.grain = o->zero_grain ? o->zero_grain : 4096;
+	p.read_ahead = o->read_ahead;
 	unsigned nw = o->workers ? o->workers : default_workers();
 	if (nw > MAX_WORKERS)
 		nw = MAX_WORKERS;
