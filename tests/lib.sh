@@ -101,3 +101,13 @@ restores() {
 		fail "$name: restored image differs: $(cmp "$raw" "$T/restored.raw" 2>&1 | head -1)"
 	fi
 }
+
+# wait_for_temp DIR NAME: until the temporary file of NAME exists (20 s).
+wait_for_temp() {
+	local i
+	for i in $(seq 2000); do
+		ls -A "$1" | grep -q "^\.$2\.sparsync-" && return 0
+		sleep 0.01
+	done
+	return 1
+}

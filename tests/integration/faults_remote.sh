@@ -39,15 +39,6 @@ serve_pid() {
 	done
 	return 1
 }
-# wait_for_temp DIR NAME: until the temporary file of NAME exists (20 s).
-wait_for_temp() {
-	local i
-	for i in $(seq 2000); do
-		ls -A "$1" | grep -q "^\.$2\.sparsync-" && return 0
-		sleep 0.01
-	done
-	return 1
-}
 
 sshd_start || exit 0
 SSH="ssh -F $SSH_CONFIG"

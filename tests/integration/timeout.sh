@@ -35,15 +35,6 @@ gone() {
 	ls -la "$1" >&2
 	return 1
 }
-# wait_for_temp DIR NAME: until the temporary file of NAME exists (20 s).
-wait_for_temp() {
-	local i
-	for i in $(seq 2000); do
-		ls -A "$1" | grep -q "^\.$2\.sparsync-" && return 0
-		sleep 0.01
-	done
-	return 1
-}
 # sparsync_pid PATTERN: the sparsync process (not a shell around it) whose
 # command line matches PATTERN.
 sparsync_pid() {
