@@ -170,11 +170,14 @@ static void read_extents(struct pipeline *p, struct progress *prog)
 			progress_update(prog, pos, p->st);
 			continue;
 		}
-		/* Data, or a hole shorter than a grain: read [pos, up). */
-		while (pos < up) {
+		/* Data, or a hole shorter than a grain: read [pos, up). The
+		 * kernel's read-ahead follows a long extent once it is being
+		 * read, but cannot guess the jump to the next one: hint the
+		 * first block of every extent (all of them with read_ahead). */
+		for (bool first = true; pos < up; first = false) {
 			uint64_t next = (pos / p->bs + 1) * p->bs;
 			size_t n = (size_t)((next < up ? next : up) - pos);
-			if (p->read_ahead)
+			if (p->read_ahead || first)
 				image_prefetch(src, pos, n);
 			if (!enqueue(p, pos, n))
 				return;
