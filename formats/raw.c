@@ -60,8 +60,9 @@ static int raw_pread(struct image *img, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-/* The copy's workers read blocks synchronously; asking for the next ones
- * early keeps the disk busy while they compress. */
+/* The copy's workers read blocks synchronously; asking for blocks early
+ * keeps the disk busy while they compress, and starts the jump to the
+ * next extent that the kernel's read-ahead cannot guess (copy_opts). */
 static void raw_prefetch(struct image *img, uint64_t off, uint64_t len)
 {
 	posix_fadvise(img->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);

@@ -84,15 +84,18 @@ void transport_set_timeout(struct transport *t, unsigned seconds)
 	t->timeout_s = seconds;
 }
 
-/* --timeout for descriptors: wait until fd is ready for ev, or fail once
- * nothing has come for t->timeout_s since the call began. */
+/* Wait until fd is ready for ev; with --timeout, fail once nothing has
+ * come for t->timeout_s since the call began (without, wait for ever: a
+ * descriptor we were handed non-blocking says EAGAIN too). */
 static int wait_fd(struct transport *t, int fd, short ev, const char *peer)
 {
 	double deadline = now_seconds() + t->timeout_s;
 	for (;;) {
 		double left = deadline - now_seconds();
 		struct pollfd p = { .fd = fd, .events = ev };
-		int r = left > 0 ? poll(&p, 1, (int)(left * 1000) + 1) : 0;
+		int r = !t->timeout_s ? poll(&p, 1, -1)
+			: left > 0   ? poll(&p, 1, (int)(left * 1000) + 1)
+				     : 0;
 		if (r > 0)
 			return 0;
 		if (r < 0 && errno == EINTR)
@@ -121,8 +124,12 @@ ssize_t transport_fd_read(struct transport *t, int fd, void *buf, size_t len, co
 			t->bytes_in += (uint64_t)n;
 			return n;
 		}
-		if (errno != EINTR && errno != EAGAIN)
+		if (errno == EAGAIN) {
+			if (wait_fd(t, fd, POLLIN, peer) < 0)
+				return -1;
+		} else if (errno != EINTR) {
 			return sp_err("%s: read from %s: %s", t->name, peer, strerror(errno));
+		}
 	}
 }
 

@@ -125,3 +125,48 @@ check "pull with --timeout: identical (cmp)" cmp "$img" "$L/ok.raw"
 check_fails "--timeout 0 is refused" "$SPARSYNC" copy --timeout 0 "$img" "$L/x.raw"
 check "--timeout 0: usage error names the option" grep -q -- '--timeout takes seconds' "$T/.last"
 check_fails "verify --timeout x is refused" "$SPARSYNC" verify --timeout x "$img" "$img"
+
+# ---- descriptors handed over non-blocking, no --timeout: wait, no spin ----
+# (A caller's pipe may carry O_NONBLOCK; EAGAIN then means "wait", not an
+# error, and not a busy loop.) nbpipe.py MODE runs sparsync on a pipe end
+# with O_NONBLOCK set: "out" reads the stream after a pause, "in" writes a
+# stream with a pause in the middle; prints the child's exit status and CPU s.
+cat >"$T/nbpipe.py" <<'PY'
+import fcntl, os, resource, subprocess, sys, time
+mode, sparsync, src, dst, pause = sys.argv[1:6]
+pause = float(pause)
+r, w = os.pipe()
+end = w if mode == "out" else r
+fcntl.fcntl(end, fcntl.F_SETFL, fcntl.fcntl(end, fcntl.F_GETFL) | os.O_NONBLOCK)
+if mode == "out":
+    p = subprocess.Popen([sparsync, "copy", "-q", src, "-"], stdout=w)
+    os.close(w)
+    time.sleep(pause)
+    with open(dst, "wb") as f:
+        while True:
+            b = os.read(r, 1 << 20)
+            if not b:
+                break
+            f.write(b)
+else:
+    p = subprocess.Popen([sparsync, "copy", "-q", "-", dst], stdin=r)
+    os.close(r)
+    data = open(src, "rb").read()
+    os.set_blocking(w, True)
+    os.write(w, data[:len(data) // 2])
+    time.sleep(pause)
+    os.write(w, data[len(data) // 2:])
+    os.close(w)
+_, status, ru = os.wait4(p.pid, 0)
+print(os.waitstatus_to_exitcode(status), "%.2f" % (ru.ru_utime + ru.ru_stime))
+PY
+read -r rc _ < <(python3 "$T/nbpipe.py" out "$SPARSYNC" "$img" "$T/nb.sps" 1)
+check "non-blocking stdout, slow reader, no --timeout: the stream is written (exit $rc)" test "$rc" = 0
+check "non-blocking stdout: the stream restores the image" \
+	sh -c "'$SPARSYNC' copy -q - '$L/nb1.raw' <'$T/nb.sps' && cmp '$img' '$L/nb1.raw'"
+read -r rc0 cpu0 < <(python3 "$T/nbpipe.py" in "$SPARSYNC" "$T/stream" "$L/nb2.raw" 0)
+read -r rc2 cpu2 < <(python3 "$T/nbpipe.py" in "$SPARSYNC" "$T/stream" "$L/nb3.raw" 2)
+check "non-blocking stdin, stream paused 2 s, no --timeout: received (exit $rc0, $rc2)" \
+	sh -c "test '$rc0' = 0 && test '$rc2' = 0 && cmp '$img' '$L/nb3.raw'"
+check "non-blocking stdin: the pause costs no CPU (${cpu0}s without, ${cpu2}s with)" \
+	python3 -c "import sys; sys.exit(0 if $cpu2 - $cpu0 < 1.0 else 1)"
