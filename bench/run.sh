@@ -9,7 +9,7 @@ export LC_ALL=C
 
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 KEEP=${KEEP:-0}
-BENCH_CASES=${BENCH_CASES:-local frag tib push}
+BENCH_CASES=${BENCH_CASES:-local frag tib push dev}
 BENCH_FS_SIZE=${BENCH_FS_SIZE:-8G}
 BENCH_FS_TREE=${BENCH_FS_TREE:-/usr/share}
 BENCH_FRAG_SIZE=${BENCH_FRAG_SIZE:-4G}
@@ -58,7 +58,10 @@ SPARSYNC=$W/bin/sparsync
 : >"$TSV"
 
 SSHD_UP=0
+LOOPS=()   # loop devices the dev case attached: always detached
 cleanup() {
+	local l
+	for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
 	[ "$SSHD_UP" = 1 ] && sshd_stop
 	[ -f "$IMG/fs.raw.journal" ] && $PY "$TOP/bench/imgtool.py" restore "$IMG/fs.raw" "$IMG/fs.raw.journal"
 	rm -rf "$L" "$R" "$B/sshd"
@@ -130,7 +133,7 @@ mk_qcow2() { qemu-img convert -f raw -O qcow2 "$IMG/fs.raw" "$IMG/fs.qcow2"; }
 mk_frag() { $PY "$TOP/bench/imgtool.py" frag "$IMG/frag.raw" "$BENCH_FRAG_SIZE" "$BENCH_FRAG_STRIDE" 7 >"$IMG/frag.count"; }
 mk_tib() { $PY "$TOP/bench/imgtool.py" sparse "$IMG/tib.raw" "$BENCH_TIB_SIZE" "$BENCH_TIB_DATA" "$BENCH_TIB_CHUNK" 11 >/dev/null; }
 
-if want local || want push; then
+if want local || want push || want dev; then
 	build fs.raw "ext4 $BENCH_FS_SIZE -d $BENCH_FS_TREE" mk_fs
 fi
 want local && build fs.qcow2 "qcow2 of $(cat "$IMG/fs.raw.stamp")" mk_qcow2
@@ -171,7 +174,7 @@ fi
 cat "$W/machine.md" >&2
 
 # ---------------------------------------------------------------- sshd
-if want push || want tib; then
+if want push || want tib || want dev; then
 	# tests/sshd_lib.sh wants $T (its scratch dir), $TEST_NAME and fail().
 	T=$B/sshd; export TEST_NAME=bench; mkdir -p "$T"
 	fail() { say "bench: $*"; }
@@ -382,6 +385,36 @@ if want push; then
 		skip_ssh "fs: push ${BENCH_CHANGE_PCT}% changed (ssh)" sparsync "rsync -S"
 	fi
 	rm -rf "${R:?}"/*
+fi
+
+# ---------------------------------------------------------------- block devices
+# A loop device holding the fs image (an LV, say) pushed to a remote loop
+# device of the same size whose backing file is all zeros but that nobody
+# told sparsync about: it hashes the device first, as it must. Peers: the
+# usual `dd | ssh dd` (every byte, zeros included, crosses the link) and
+# qemu-img convert -n locally (one host; no ssh at all).
+if want dev; then
+	c="dev: loop device push (ssh)"
+	if [ "$(id -u)" != 0 ] || ! command -v losetup >/dev/null; then
+		record "$c" sparsync FAILED "" "" "" "" "" "" "needs root and losetup" ""
+	elif [ "$SSHD_UP" = 1 ]; then
+		size=$(stat -c %s "$IMG/fs.raw")
+		SDEV=$(losetup -r -f --show "$IMG/fs.raw") && LOOPS+=("$SDEV")
+		truncate -s "$size" "$R/dev.img"
+		RDEV=$(losetup -f --show "$R/dev.img") && LOOPS+=("$RDEV")
+		zero_dev="truncate -s 0 '$R/dev.img'; truncate -s $size '$R/dev.img'; blockdev --flushbufs '$RDEV'"
+		same_dev="cmp '$SDEV' '$RDEV'"
+		REPS=$BENCH_REPEAT PREP="$zero_dev" bench_run "$c" sparsync json "" "$same_dev" \
+			"$SP $(sparsync_ssh_opts) --remote-path '$W/bin/sparsync-remote' '$SDEV' '127.0.0.1:$RDEV'"
+		REPS=$BENCH_PEER_REPEAT PREP="$zero_dev" bench_run "$c" "dd bs=4M | ssh dd" dd "" "$same_dev" \
+			"dd if='$SDEV' bs=4M status=none | dd bs=4M iflag=fullblock 2>'$W/err.dd' | $SSH sparsync-test '$REMOTE_TIME dd of=$RDEV bs=4M iflag=fullblock conv=fdatasync status=none'"
+		REPS=$BENCH_PEER_REPEAT PREP="$zero_dev" bench_run "$c" "qemu-img convert -n (local)" none "" "$same_dev" \
+			"qemu-img convert -n -f raw -O raw '$SDEV' '$RDEV'"
+		losetup -d "$SDEV" "$RDEV"; LOOPS=()
+		rm -f "$R/dev.img"
+	else
+		skip_ssh "$c" sparsync "dd bs=4M | ssh dd"
+	fi
 fi
 
 # ---------------------------------------------------------------- report

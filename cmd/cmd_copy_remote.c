@@ -104,6 +104,8 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 		cl_opt(&c, "--sync", NULL);
 		if (cli->whole)
 			cl_opt(&c, "--whole", NULL);
+		if (cli->target_is_zero)
+			cl_opt(&c, "--target-is-zero", NULL);
 		if (cli->create.backing)
 			cl_opt(&c, "--backing", cli->create.backing);
 		if (cli->out_fmt != FMT_AUTO)
@@ -270,8 +272,8 @@ static int pull(const struct copy_cli *cli, struct sp_stats *st)
 	t->bwlimit = 0;
 	struct receive_opts ro = {
 		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
-		.whole = cli->whole, .sync = true, .workers = cli->workers,
-		.progress = cli->progress,
+		.whole = cli->whole, .target_is_zero = cli->target_is_zero, .sync = true,
+		.workers = cli->workers, .progress = cli->progress,
 	};
 	int rc = receive_run(t, &ro, st);
 	return remote_finish(t, rc);
@@ -308,7 +310,7 @@ static int stream_in(const struct copy_cli *cli, struct sp_stats *st)
 	transport_set_timeout(t, cli->timeout_s);
 	struct receive_opts ro = {
 		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
-		.stream = true, .progress = cli->progress,
+		.stream = true, .target_is_zero = cli->target_is_zero, .progress = cli->progress,
 	};
 	int rc = receive_run(t, &ro, st);
 	transport_close(t, NULL);

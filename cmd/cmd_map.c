@@ -5,11 +5,18 @@
 
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "../core/zero.h"
+
+#define MAP_CHUNK (1u << 20)
 
 static const char map_usage[] =
 	"usage: sparsync map [--json] [-f raw|qcow2] IMAGE\n"
 	"Print which ranges of IMAGE are allocated (data) and which read as zeros.\n"
+	"A block device has no allocation map: it is read, and what reads as zeros\n"
+	"is shown as zero.\n"
 	"  --json         a JSON array like 'qemu-img map --output=json'\n"
 	"  -f FORMAT      do not detect the format, use FORMAT\n";
 
@@ -27,6 +34,24 @@ static void print_run(bool json, bool *first, uint64_t start, uint64_t len, enum
 		       k == EXTENT_DATA ? "data" : k == EXTENT_ZERO ? "zero" : "hole");
 	}
 	*first = false;
+}
+
+/* The next extent of img at pos. Where the image has no allocation map (a
+ * block device), data is read and split at whole 4 KiB zero grains, so map
+ * shows what reads as zeros. */
+static int next_extent(struct image *img, unsigned char *buf, uint64_t pos, struct extent *e)
+{
+	if (image_extent(img, pos, e) < 0)
+		return -1;
+	if (!img->alloc_unknown || e->kind != EXTENT_DATA)
+		return 0;
+	size_t n = e->length < MAP_CHUNK ? (size_t)e->length : MAP_CHUNK;
+	if (image_pread(img, buf, n, pos) < 0)
+		return -1;
+	bool zero = zero_run(buf, n, 4096, true) > 0;
+	e->length = zero_run(buf, n, 4096, zero);
+	e->kind = zero ? EXTENT_ZERO : EXTENT_DATA;
+	return 0;
 }
 
 int cmd_map(int argc, char **argv)
@@ -57,6 +82,12 @@ int cmd_map(int argc, char **argv)
 	struct image *img = image_open(argv[optind], fmt, IMAGE_RDONLY);
 	if (!img)
 		return fail();
+	unsigned char *buf = img->alloc_unknown ? malloc(MAP_CHUNK) : NULL;
+	if (img->alloc_unknown && !buf) {
+		image_close(img);
+		sp_err("out of memory");
+		return fail();
+	}
 	bool first = true;
 	uint64_t pos = 0, run_start = 0;
 	enum extent_kind run_kind = EXTENT_HOLE;
@@ -65,7 +96,7 @@ int cmd_map(int argc, char **argv)
 	 * zeros and are one kind for map's purpose. */
 	while (pos < img->size) {
 		struct extent e;
-		if ((rc = image_extent(img, pos, &e)) < 0)
+		if ((rc = next_extent(img, buf, pos, &e)) < 0)
 			break;
 		if (e.length == 0 || e.offset != pos) {
 			rc = sp_err("%s: extent map made no progress at offset %llu", img->path,
@@ -86,6 +117,7 @@ int cmd_map(int argc, char **argv)
 		print_run(json, &first, run_start, pos - run_start, run_kind);
 	if (rc == 0 && json)
 		printf(first ? "[]\n" : "]\n");
+	free(buf);
 	image_close(img);
 	return rc < 0 ? fail() : 0;
 }

@@ -1,16 +1,21 @@
 /* shrink: make an image occupy only its data. Raw images get holes punched
- * over zero-filled blocks in place (like fallocate -d); qcow2 images are
- * rewritten compactly to a temporary file renamed over the original. */
+ * over zero-filled blocks in place (like fallocate -d: the content never
+ * changes, so an interruption loses nothing); qcow2 images are rewritten
+ * compactly to a temporary file renamed over the original (through a
+ * symlink: the file it points to, in that file's directory). A qcow2 whose
+ * snapshots or bitmaps a rewrite would drop is refused, and no block
+ * device is ever written. */
 #include "cmd.h"
 
 #include "../core/copy.h"
-#include "../core/dest.h"
+#include "../core/replace.h"
 #include "../core/error.h"
 #include "../core/sink.h"
 #include "../formats/image.h"
 #include "../formats/qcow2.h"
 #include "../core/backing_sink.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <stdlib.h>
@@ -54,11 +59,17 @@ static int shrink_raw(struct image *img, struct copy_opts *o, struct sp_stats *s
  * cluster size, compression and backing file, then rename over the
  * original. Zero clusters and leaked clusters are not copied; an overlay
  * keeps only what differs from its backing. */
-static int shrink_qcow2(struct image *img, struct copy_opts *o, struct sp_stats *st)
+static int shrink_qcow2(struct image *img, const char *real, struct copy_opts *o,
+			struct sp_stats *st)
 {
 	struct qcow2_layout lay;
-	if (qcow2_layout_of(img->path, &lay) < 0)
+	if (qcow2_layout_of(real, &lay) < 0)
 		return -1;
+	if (lay.unkept) {
+		qcow2_layout_free(&lay);
+		return sp_err("%s: not shrunk: %s, which a rewrite would not keep", img->path,
+			      lay.unkept);
+	}
 	struct image_create_opts co;
 	memset(&co, 0, sizeof co);
 	co.cluster_size = lay.cluster_size;
@@ -66,7 +77,7 @@ static int shrink_qcow2(struct image *img, struct copy_opts *o, struct sp_stats 
 	struct image *b = NULL;
 	int rc = 0;
 	if (lay.backing) {
-		char *bp = backing_resolve(img->path, lay.backing);
+		char *bp = backing_resolve(real, lay.backing);
 		b = bp ? image_open(bp, lay.backing_format, IMAGE_RDONLY) : NULL;
 		if (!bp)
 			sp_err("%s: out of memory", img->path);
@@ -78,9 +89,9 @@ static int shrink_qcow2(struct image *img, struct copy_opts *o, struct sp_stats 
 			co.backing_format = b->format;
 		}
 	}
-	struct dest d;
+	struct replacement d;
 	if (rc == 0)
-		rc = dest_create(&d, img->path, FMT_QCOW2, img->size, &co);
+		rc = replace_begin(&d, real, img->path, FMT_QCOW2, img->size, &co);
 	if (rc == 0) {
 		o->block_size = d.img->granularity > (1u << 20) ? d.img->granularity : (1u << 20);
 		o->zero_grain = d.img->granularity;
@@ -95,9 +106,9 @@ static int shrink_qcow2(struct image *img, struct copy_opts *o, struct sp_stats 
 		if (rc == 0 && fstat(img->fd, &sb) == 0)
 			(void)chmod(d.tmp_path, sb.st_mode & 07777);
 		if (rc == 0)
-			rc = dest_commit(&d);
+			rc = replace_commit(&d);
 		else
-			dest_abort(&d);
+			replace_abort(&d);
 	}
 	image_close(b);
 	qcow2_layout_free(&lay);
@@ -128,18 +139,44 @@ int cmd_shrink(int argc, char **argv)
 	}
 	if (argc - optind != 1)
 		return usage_error("shrink", "expected one IMAGE");
+	/* Through a symlink, the file it points to is shrunk: the link is
+	 * how the user names the image. */
+	const char *path = argv[optind];
+	char *real = realpath(path, NULL);
+	struct stat sb;
+	if (!real || stat(real, &sb) < 0) {
+		free(real);
+		sp_err("%s: %s", path, strerror(errno));
+		return fail();
+	}
+	if (!S_ISREG(sb.st_mode)) {
+		free(real);
+		sp_err("%s: %s", path, S_ISBLK(sb.st_mode) ? "is a block device; shrink never "
+		       "writes to a device" : "not a regular file");
+		return fail();
+	}
 	/* qcow2 is read (and rewritten elsewhere); raw is changed in place. */
-	int fd = open(argv[optind], O_RDONLY | O_CLOEXEC);
+	int fd = open(real, O_RDONLY | O_CLOEXEC);
 	enum image_format fmt = fd >= 0 ? image_detect_fd(fd) : FMT_RAW;
 	if (fd >= 0)
 		close(fd);
-	struct image *img = image_open(argv[optind], fmt,
-				       fmt == FMT_QCOW2 ? IMAGE_RDONLY : IMAGE_RDWR);
-	if (!img)
+	struct image *img = image_open(real, fmt, fmt == FMT_QCOW2 ? IMAGE_RDONLY : IMAGE_RDWR);
+	if (img) {
+		char *shown = strdup(path);
+		if (shown) {
+			free(img->path);
+			img->path = shown;
+		}
+	}
+	if (!img) {
+		free(real);
 		return fail();
+	}
 	struct sp_stats st;
 	memset(&st, 0, sizeof st);
-	int rc = img->format == FMT_QCOW2 ? shrink_qcow2(img, &o, &st) : shrink_raw(img, &o, &st);
+	int rc = img->format == FMT_QCOW2 ? shrink_qcow2(img, real, &o, &st)
+					  : shrink_raw(img, &o, &st);
+	free(real);
 	if (image_close(img) < 0)
 		rc = -1;
 	if (rc < 0)

@@ -16,6 +16,7 @@ struct copy_cli {
 	enum image_format out_fmt;  /* -O */
 	struct image_create_opts create; /* --cluster-size, -c, --backing */
 	bool json, whole;
+	bool target_is_zero;        /* --target-is-zero: a device DST reads as zeros */
 	enum progress_mode progress;
 	bool quiet;
 	unsigned workers;           /* -j */

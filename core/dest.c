@@ -1,141 +1,300 @@
 #include "dest.h"
 
-#include "cleanup.h"
 #include "error.h"
+#include "../formats/qcow2.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char *dir_of(const char *path)
+/* "backing file NAME: ..." for a failed open of the resolved path real. */
+static void name_backing_in_msg(const char *real, const char *shown)
 {
-	char *copy = strdup(path);
-	if (!copy)
-		return NULL;
-	char *d = strdup(dirname(copy));
-	free(copy);
-	return d;
+	char msg[1024];
+	const char *m = sp_errmsg();
+	size_t n = strlen(real);
+	if (strncmp(m, real, n) == 0 && m[n] == ':')
+		m += n + (m[n + 1] == ' ' ? 2 : 1);
+	snprintf(msg, sizeof msg, "%s", m);
+	sp_err("backing file %s: %s (looked for %s)", shown, msg, real);
 }
 
-int dest_create(struct dest *d, const char *final_path, enum image_format fmt, uint64_t size,
-		const struct image_create_opts *opts)
+/* Where DST stands: sets d->real_path and *sb (zeroed mode when absent). */
+static int classify(struct dest *d, struct stat *sb)
 {
-	memset(d, 0, sizeof *d);
-	d->cleanup_slot = -1;
-	char *copy = strdup(final_path);
-	char *dir = dir_of(final_path);
-	if (!copy || !dir) {
-		free(copy);
-		free(dir);
-		return sp_err("%s: out of memory", final_path);
+	memset(sb, 0, sizeof *sb);
+	struct stat lsb;
+	if (lstat(d->path, &lsb) < 0) {
+		if (errno != ENOENT)
+			return sp_err("%s: %s", d->path, strerror(errno));
+		d->real_path = strdup(d->path);
+		return d->real_path ? 0 : sp_err("%s: out of memory", d->path);
 	}
-	const char *base = basename(copy);
-	size_t len = strlen(dir) + strlen(base) + 32;
-	d->tmp_path = malloc(len);
-	d->final_path = strdup(final_path);
-	if (!d->tmp_path || !d->final_path) {
-		free(copy);
-		free(dir);
-		dest_abort(d);
-		return sp_err("%s: out of memory", final_path);
+	if (S_ISLNK(lsb.st_mode)) {
+		/* Write through the link: the link is how the user names the
+		 * image (/dev/vg/lv, current.qcow2 -> 2026-11-29.qcow2). */
+		d->real_path = realpath(d->path, NULL);
+		if (!d->real_path) {
+			if (errno == ENOENT)
+				return sp_err("%s: symbolic link to a file that does not exist; "
+					      "sparsync writes through links, not over them", d->path);
+			return sp_err("%s: %s", d->path, strerror(errno));
+		}
+		if (stat(d->real_path, sb) < 0)
+			return sp_err("%s: %s", d->path, strerror(errno));
+	} else {
+		*sb = lsb;
+		d->real_path = strdup(d->path);
+		if (!d->real_path)
+			return sp_err("%s: out of memory", d->path);
 	}
-	snprintf(d->tmp_path, len, "%s/.%s.sparsync-XXXXXX", dir, base);
-	free(copy);
-	free(dir);
+	if (S_ISREG(sb->st_mode) || S_ISBLK(sb->st_mode))
+		return 0;
+	if (S_ISDIR(sb->st_mode))
+		return sp_err("%s: is a directory (give the destination file name)", d->path);
+	if (S_ISCHR(sb->st_mode))
+		return sp_err("%s: is a character device; sparsync writes image files and block "
+			      "devices, and never replaces a device node", d->path);
+	return sp_err("%s: is not a regular file or block device; refusing to replace it",
+		      d->path);
+}
 
-	int fd = mkstemp(d->tmp_path);
-	if (fd < 0) {
-		int e = errno;
-		free(d->tmp_path);
-		d->tmp_path = NULL;
-		dest_abort(d);
-		errno = e;
-		if (e == ENOENT)
-			return sp_err("%s: directory does not exist", final_path);
-		return sp_err("%s: cannot create: %s", final_path, strerror(e));
-	}
-	/* mkstemp makes 0600; give the image the mode a plain create would
-	 * (or keep the mode of the file it replaces). */
-	struct stat old;
-	mode_t mask = umask(0);
-	umask(mask);
-	fchmod(fd, stat(final_path, &old) == 0 ? (old.st_mode & 07777) : (0666 & ~mask));
-	close(fd);
-	d->cleanup_slot = cleanup_register(d->tmp_path);
-	d->img = image_create(d->tmp_path, fmt, size, opts);
-	if (!d->img) {
-		/* Say which file the user named, not our temporary one. */
-		char msg[1024];
-		const char *m = sp_errmsg();
-		size_t tl = strlen(d->tmp_path);
-		if (strncmp(m, d->tmp_path, tl) == 0)
-			m += tl + (m[tl] == ':' ? 2 : 0);
-		snprintf(msg, sizeof msg, "%s", m);
-		sp_err("%s: %s", final_path, msg);
-		dest_abort(d);
+/* The backing file of a new overlay, resolved relative to DST's directory
+ * as qemu-img does. */
+static int open_backing(struct dest *d)
+{
+	const struct image_create_opts *c = d->o.create;
+	if (d->o.out_fmt == FMT_RAW)
+		return sp_err("%s: --backing writes a qcow2 overlay; it cannot be -O raw", d->path);
+	char *bpath = backing_resolve(d->real_path, c->backing);
+	if (!bpath)
+		return sp_err("%s: out of memory", d->path);
+	d->backing = image_open(bpath, FMT_AUTO, IMAGE_RDONLY);
+	if (!d->backing) {
+		name_backing_in_msg(bpath, c->backing);
+		free(bpath);
 		return -1;
 	}
-	/* Messages name the file the user asked for, not our temporary one. */
-	char *shown = strdup(final_path);
+	free(bpath);
+	struct stat bs, ds;
+	if (stat(d->real_path, &ds) == 0 && fstat(d->backing->fd, &bs) == 0 &&
+	    bs.st_dev == ds.st_dev && bs.st_ino == ds.st_ino)
+		return sp_err("%s: the destination is its own backing file", d->path);
+	d->mode = DEST_OVERLAY;
+	return 0;
+}
+
+static enum image_format detect(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return FMT_AUTO;
+	enum image_format f = image_detect_fd(fd);
+	close(fd);
+	return f;
+}
+
+/* Options that ask for a layout an in-place update cannot give. */
+static bool wants_new_layout(const struct image_create_opts *c, const struct image *dst)
+{
+	if (!c || dst->format != FMT_QCOW2)
+		return false;
+	if (c->compress != CODEC_NONE)
+		return true;
+	return c->cluster_size && c->cluster_size != dst->granularity;
+}
+
+/* An existing qcow2 the writer cannot update in place. When a rewrite
+ * would lose something (snapshots, bitmaps, encryption) or change what the
+ * user chose (compressed clusters), refuse with the reason: --whole asks for
+ * the rewrite. A layout the writer just does not update (an overlay's
+ * backing file, extended L2) is rewritten whole, as with --whole. */
+static int not_updatable(struct dest *d)
+{
+	char why[1024];
+	snprintf(why, sizeof why, "%s", sp_errmsg());
+	struct qcow2_layout lay;
+	if (qcow2_layout_of(d->real_path, &lay) < 0)
+		return sp_err("%s", why);
+	bool keep = lay.unkept || lay.compress != CODEC_NONE;
+	qcow2_layout_free(&lay);
+	if (keep)
+		return sp_err("%s", why);
+	sp_err_clear();
+	d->mode = DEST_NEW;
+	return 0;
+}
+
+static int open_device(struct dest *d)
+{
+	if (d->o.create && d->o.create->backing)
+		return sp_err("%s: is a block device; --backing writes a qcow2 overlay file",
+			      d->path);
+	if (d->o.out_fmt == FMT_QCOW2)
+		return sp_err("%s: is a block device, which sparsync writes raw (the device is "
+			      "the disk); -O qcow2 cannot apply", d->path);
+	d->img = image_open(d->real_path, FMT_RAW, IMAGE_RDWR);
+	if (!d->img)
+		return -1;
+	char *shown = strdup(d->path);
 	if (shown) {
 		free(d->img->path);
 		d->img->path = shown;
 	}
+	d->mode = DEST_DEVICE;
+	d->existing = FMT_RAW;
 	return 0;
 }
 
-static void dest_free(struct dest *d)
+int dest_open(struct dest *d, const char *path, const struct dest_opts *o)
 {
-	cleanup_forget(d->cleanup_slot);
-	d->cleanup_slot = -1;
-	free(d->tmp_path);
-	free(d->final_path);
-	d->tmp_path = d->final_path = NULL;
-	d->img = NULL;
+	memset(d, 0, sizeof *d);
+	d->o = *o;
+	d->existing = FMT_AUTO;
+	d->path = strdup(path);
+	if (!d->path)
+		return sp_err("%s: out of memory", path);
+	struct stat sb;
+	if (classify(d, &sb) < 0)
+		return -1;
+	if (S_ISBLK(sb.st_mode))
+		return open_device(d);
+	if (S_ISREG(sb.st_mode))
+		d->existing = detect(d->real_path);
+	if (o->create && o->create->backing)
+		return open_backing(d);
+	d->mode = DEST_NEW;
+	enum image_format fmt = image_output_format(o->out_fmt, d->path, d->existing, FMT_AUTO);
+	if (!o->update || d->existing == FMT_AUTO || d->existing != fmt)
+		return 0;
+	struct image *img = image_open(d->real_path, fmt, IMAGE_RDWR);
+	if (!img)
+		return fmt == FMT_QCOW2 ? not_updatable(d) : -1;
+	if (wants_new_layout(o->create, img)) {
+		image_close(img);
+		return 0;
+	}
+	char *shown = strdup(d->path);
+	if (shown) {
+		free(img->path);
+		img->path = shown;
+	}
+	d->img = img;
+	d->mode = DEST_UPDATE;
+	return 0;
+}
+
+struct image *dest_known_image(const struct dest *d)
+{
+	switch (d->mode) {
+	case DEST_UPDATE: return d->img;
+	case DEST_OVERLAY: return d->backing;
+	case DEST_DEVICE: return d->o.target_is_zero ? NULL : d->img;
+	default: return NULL;
+	}
+}
+
+static int human_size_err(const struct dest *d, uint64_t have, uint64_t need)
+{
+	char a[32], b[32];
+	return sp_err("%s: device is too small: it holds %s (%llu bytes), the source %s (%llu "
+		      "bytes); nothing was written", d->path, human_bytes(have, a, sizeof a),
+		      (unsigned long long)have, human_bytes(need, b, sizeof b),
+		      (unsigned long long)need);
+}
+
+int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size)
+{
+	switch (d->mode) {
+	case DEST_DEVICE:
+		/* Never truncated: a larger device keeps its tail as it is. */
+		return d->img->size < size ? human_size_err(d, d->img->size, size) : 0;
+	case DEST_UPDATE:
+		return d->img->size != size ? image_resize(d->img, size) : 0;
+	case DEST_OVERLAY: {
+		struct image_create_opts co = *d->o.create;
+		co.backing_format = d->backing->format;
+		if (replace_begin(&d->repl, d->real_path, d->path, FMT_QCOW2, size, &co) < 0)
+			return -1;
+		break;
+	}
+	case DEST_NEW: {
+		enum image_format fmt = image_output_format(d->o.out_fmt, d->path, d->existing,
+							    src_fmt);
+		if (replace_begin(&d->repl, d->real_path, d->path, fmt, size, d->o.create) < 0)
+			return -1;
+		break;
+	}
+	}
+	d->replacing = true;
+	d->img = d->repl.img;
+	return 0;
+}
+
+struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool compare)
+{
+	switch (d->mode) {
+	case DEST_OVERLAY:
+		backing_sink_init(&d->sink.backing, d->img, d->backing, st);
+		return &d->sink.backing.base;
+	case DEST_NEW:
+		image_sink_init(&d->sink.image, d->img, st, 1, 0);
+		break;
+	case DEST_UPDATE:
+		image_sink_init(&d->sink.image, d->img, st, 0, compare);
+		break;
+	case DEST_DEVICE:
+		if (d->o.target_is_zero)
+			image_sink_init(&d->sink.image, d->img, st, 1, 0);
+		else
+			image_sink_init(&d->sink.image, d->img, st, 0, compare);
+		break;
+	}
+	return &d->sink.image.base;
 }
 
 int dest_commit(struct dest *d)
 {
-	int rc = image_flush(d->img);
-	if (image_close(d->img) < 0)
-		rc = -1;
+	if (d->replacing) {
+		d->replacing = false;
+		d->img = NULL;
+		return replace_commit(&d->repl);
+	}
+	struct image *img = d->img;
 	d->img = NULL;
-	if (rc == 0 && rename(d->tmp_path, d->final_path) < 0)
-		rc = sp_err("%s: rename from temporary file: %s", d->final_path, strerror(errno));
-	if (rc < 0) {
-		dest_abort(d);
-		return -1;
-	}
-	/* The rename is only durable once the directory is. */
-	char *dir = dir_of(d->final_path);
-	if (dir) {
-		int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (fd >= 0) {
-			fsync(fd);
-			close(fd);
-		}
-		free(dir);
-	}
-	dest_free(d);
-	return 0;
+	int rc = image_flush(img);
+	if (image_close(img) < 0)
+		rc = -1;
+	return rc;
 }
 
 void dest_abort(struct dest *d)
 {
-	/* Keep the error that made us abort, not one from tearing down. */
 	char saved[1024];
 	snprintf(saved, sizeof saved, "%s", sp_errmsg());
-	if (d->img) {
-		image_close(d->img);
+	if (d->replacing) {
+		d->replacing = false;
 		d->img = NULL;
+		replace_abort(&d->repl);
 	}
+	/* Updated in place: what arrived stays, in a consistent image. */
+	image_close(d->img);
+	d->img = NULL;
 	sp_err("%s", saved);
-	if (d->tmp_path)
-		unlink(d->tmp_path);
-	dest_free(d);
+}
+
+void dest_close(struct dest *d)
+{
+	if (d->replacing || d->img)
+		dest_abort(d);
+	image_close(d->backing);
+	d->backing = NULL;
+	free(d->path);
+	free(d->real_path);
+	d->path = d->real_path = NULL;
 }

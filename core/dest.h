@@ -1,23 +1,88 @@
-/* A new destination is built under a temporary name in the same directory
- * and renamed over the final name only once complete and flushed, so no
- * reader ever sees half an image under the real name. */
+/* What a destination is and how it is written: the one place that decides,
+ * for the local copy and the receiver alike (DESIGN.md, "Choices already
+ * made"). sparsync never destroys what it was not asked to replace:
+ *
+ *   absent            -> a new image, temporary file + rename      DEST_NEW
+ *   regular file      -> synced in place when it is an image of the
+ *                        output format and --whole was not given   DEST_UPDATE
+ *                        otherwise rewritten: temporary + rename   DEST_NEW
+ *   --backing FILE    -> a new qcow2 overlay, temporary + rename   DEST_OVERLAY
+ *   symlink           -> its target (renames happen in the target's
+ *                        directory; the link stays); a dangling link is
+ *                        refused
+ *   block device      -> written in place: opened O_EXCL, never
+ *                        truncated or renamed, refused when smaller
+ *                        than the source, always raw               DEST_DEVICE
+ *   directory, character device, FIFO, socket -> refused
+ *
+ * Order of use: dest_open (before the source's size is known: the receiver
+ * sends the hash list of what DST holds first), dest_begin (with the size),
+ * dest_sink, then dest_commit or dest_abort; dest_close always. */
 #ifndef SPARSYNC_DEST_H
 #define SPARSYNC_DEST_H
 
-#include "../formats/image.h"
+#include <stdbool.h>
 
-struct dest {
-	char *final_path;
-	char *tmp_path;
-	struct image *img;
-	int cleanup_slot;
+#include "../formats/image.h"
+#include "backing_sink.h"
+#include "replace.h"
+#include "sink.h"
+
+enum dest_mode {
+	DEST_NEW,     /* a new image under a temporary name, renamed over DST when complete */
+	DEST_UPDATE,  /* the existing image file, updated where it differs */
+	DEST_OVERLAY, /* a new qcow2 overlay of a backing image, temporary + rename */
+	DEST_DEVICE,  /* a block device, written in place */
 };
 
-int dest_create(struct dest *d, const char *final_path, enum image_format fmt, uint64_t size,
-		const struct image_create_opts *opts);
-/* Flush, close, rename into place, fsync the directory. Frees d. */
+struct dest_opts {
+	enum image_format out_fmt;              /* -O; FMT_AUTO = DESIGN.md's rule */
+	const struct image_create_opts *create; /* NULL = defaults; backing set = overlay */
+	/* An existing image file of the output format may be updated in place
+	 * (false for --whole: it is rewritten). */
+	bool update;
+	/* --target-is-zero: a device already reads as zeros, so the source's
+	 * zero ranges need no work there (like qemu-img convert's option). */
+	bool target_is_zero;
+};
+
+struct dest {
+	char *path;                   /* as the user named it: every message */
+	char *real_path;              /* symlinks followed: what is written or replaced */
+	enum dest_mode mode;
+	enum image_format existing;   /* DST's own format when it exists, else FMT_AUTO */
+	struct dest_opts o;
+	struct image *img;            /* the image written (UPDATE/DEVICE: from dest_open) */
+	struct image *backing;        /* OVERLAY: the image the overlay is based on */
+	struct replacement repl;      /* NEW/OVERLAY */
+	bool replacing;
+	union {
+		struct image_sink image;
+		struct backing_sink backing;
+	} sink;
+};
+
+/* Classify path and open what must be open before the source is known. */
+int dest_open(struct dest *d, const char *path, const struct dest_opts *o);
+/* The image whose content the sender may compare against (the existing
+ * image or device, or the backing image of a new overlay); NULL when DST
+ * starts out reading as zeros everywhere. */
+struct image *dest_known_image(const struct dest *d);
+/* The source is size bytes of format src_fmt (FMT_AUTO = unknown): create
+ * the new file, resize the updated one, or check that the device is large
+ * enough. Nothing has been written to DST before this returns 0. */
+int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size);
+/* The sink that writes DST. compare: DST may hold data (an update or a
+ * device): read each block first and write only what differs (the local
+ * copy); without it every block delivered is written (the receiver, whose
+ * sender already compared hashes). */
+struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool compare);
+/* Make the written image final: flush, then rename a new file into place. */
 int dest_commit(struct dest *d);
-/* Close and remove the temporary file. Frees d. Safe after a failed create. */
+/* Give up: remove a temporary file; an image updated in place stays as
+ * written so far. Keeps sp_errmsg(). */
 void dest_abort(struct dest *d);
+/* Free everything (after commit or abort, or after a failed dest_open). */
+void dest_close(struct dest *d);
 
 #endif

@@ -20,6 +20,7 @@ struct receive_opts {
 	const struct image_create_opts *create;
 	bool stream;                              /* reading an archive: never write back */
 	bool whole;                               /* never update DST in place */
+	bool target_is_zero;                      /* a device DST already reads as zeros */
 	/* The sender is interactive and takes a hash list (pull, serve --sync):
 	 * send it right after our hello, before reading anything. */
 	bool sync;

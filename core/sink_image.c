@@ -2,6 +2,7 @@
 
 #include "../formats/image.h"
 #include "error.h"
+#include "zero.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -51,11 +52,63 @@ static int sink_image_data(struct sink *base, uint64_t off, const void *buf, siz
 	return image_pwrite(s->img, buf, len, off);
 }
 
+/* In compare mode, zero only what does not read as zeros already: holes
+ * cost nothing, and a device (all "data") is read, not rewritten, where it
+ * already holds zeros (an SSD or a thin LV is spared the writes). */
+static int zero_changed(struct image_sink *s, uint64_t off, uint64_t len)
+{
+	enum { CHUNK = 1u << 20 };
+	uint64_t end = off + len;
+	unsigned char *buf = NULL;
+	int rc = 0;
+	while (rc == 0 && off < end) {
+		struct extent e;
+		if ((rc = image_extent(s->img, off, &e)) < 0)
+			break;
+		if (e.length == 0 || e.offset != off) {
+			rc = sp_err("%s: extent map made no progress at offset %llu", s->img->path,
+				    (unsigned long long)off);
+			break;
+		}
+		uint64_t stop = e.length < end - off ? off + e.length : end;
+		if (e.kind != EXTENT_DATA) {
+			off = stop;
+			continue;
+		}
+		if (!buf && !(buf = malloc(CHUNK))) {
+			rc = sp_err("%s: out of memory", s->img->path);
+			break;
+		}
+		while (rc == 0 && off < stop) {
+			size_t n = stop - off < CHUNK ? (size_t)(stop - off) : CHUNK;
+			if ((rc = image_pread(s->img, buf, n, off)) < 0)
+				break;
+			for (size_t pos = 0; rc == 0 && pos < n;) {
+				size_t z = zero_run(buf + pos, n - pos, s->grain, true);
+				if (z) {
+					pos += z;
+					continue;
+				}
+				size_t d = zero_run(buf + pos, n - pos, s->grain, false);
+				rc = image_zero(s->img, off + pos, d);
+				stats_add(s->base.stats->bytes_zeroed, d);
+				pos += d;
+			}
+			off += n;
+		}
+	}
+	free(buf);
+	return rc;
+}
+
 static int sink_image_zero(struct sink *base, uint64_t off, uint64_t len)
 {
 	struct image_sink *s = (struct image_sink *)base;
 	if (s->fresh)
 		return 0;
+	if (s->compare)
+		return zero_changed(s, off, len);
+	stats_add(base->stats->bytes_zeroed, len);
 	return image_zero(s->img, off, len);
 }
 

@@ -12,6 +12,9 @@ struct sp_stats {
 	uint64_t bytes_read;      /* bytes read from the source file(s) */
 	uint64_t bytes_written;   /* data bytes written to the destination */
 	uint64_t bytes_zero;      /* bytes that were holes/zeros (never written as data) */
+	/* bytes of the destination made zero where they held data (a device's
+	 * old contents, a sync's zeroed blocks); counted where DST is written */
+	uint64_t bytes_zeroed;
 	uint64_t bytes_data;      /* non-zero data bytes seen at the source */
 	uint64_t bytes_sent;      /* bytes on the wire, outgoing */
 	uint64_t bytes_received;  /* bytes on the wire, incoming */

@@ -38,28 +38,60 @@ enum image_format image_detect_fd(int fd)
 	return FMT_RAW;
 }
 
+/* Why a file that is neither a regular file nor a block device cannot be
+ * an image: NULL when it can. */
+const char *image_unusable_kind(mode_t mode)
+{
+	if (S_ISDIR(mode))
+		return "is a directory";
+	if (S_ISCHR(mode))
+		return "is a character device, which has no size to copy";
+	if (S_ISFIFO(mode))
+		return "is a pipe (FIFO), which has no size to copy; decompress it to a file first";
+	if (S_ISSOCK(mode))
+		return "is a socket, not an image";
+	if (!S_ISREG(mode) && !S_ISBLK(mode))
+		return "is not a regular file or block device";
+	return NULL;
+}
+
 struct image *image_open(const char *path, enum image_format fmt, int flags)
 {
 	bool rw = flags & IMAGE_RDWR;
-	int fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-	if (fd < 0) {
-		sp_err("%s: %s", path, strerror(errno));
-		return NULL;
-	}
 	struct stat st;
-	if (fstat(fd, &st) < 0) {
+	if (stat(path, &st) < 0) {
 		sp_err("%s: %s", path, strerror(errno));
-		close(fd);
 		return NULL;
 	}
-	if (S_ISDIR(st.st_mode)) {
-		sp_err("%s: is a directory", path);
+	const char *why = image_unusable_kind(st.st_mode);
+	if (why) {
+		sp_err("%s: %s", path, why);
+		return NULL;
+	}
+	/* O_EXCL on a block device (Linux): refused while it is mounted or
+	 * otherwise claimed, so we never write under a live filesystem. */
+	int extra = rw && S_ISBLK(st.st_mode) ? O_EXCL : 0;
+	int fd = open(path, (rw ? O_RDWR : O_RDONLY) | extra | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == EBUSY && extra)
+			sp_err("%s: device is in use (mounted, or held by another program); "
+			       "refusing to write to it", path);
+		else
+			sp_err("%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &st) < 0 || (why = image_unusable_kind(st.st_mode))) {
+		sp_err("%s: %s", path, why ? why : strerror(errno));
 		close(fd);
 		return NULL;
 	}
 	if (fmt == FMT_AUTO)
 		fmt = image_detect_fd(fd);
-	/* Constructors own fd from here on, closing it on failure. */
+	/* Constructors own fd from here on, closing it on failure. A device
+	 * holding a qcow2 image (qcow2 on an LV) is read as qcow2; one being
+	 * written is the disk itself. */
+	if (S_ISBLK(st.st_mode) && (rw || fmt != FMT_QCOW2))
+		return blockdev_open(path, fd, rw);
 	switch (fmt) {
 	case FMT_QCOW2: return qcow2_open(path, fd, rw);
 	default: return raw_open(path, fd, rw);

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 enum image_format { FMT_AUTO = 0, FMT_RAW, FMT_QCOW2 };
 
@@ -63,6 +64,10 @@ struct image {
 	uint64_t size;          /* virtual size in bytes */
 	uint32_t granularity;   /* allocation unit: qcow2 cluster, raw 4096 */
 	bool writable;
+	bool is_device;         /* a block device: written in place, never resized */
+	/* No allocation map: extents say "data" everywhere, and only reading
+	 * tells what is zero (block devices). */
+	bool alloc_unknown;
 	int fd;
 	uint64_t bytes_read;    /* bytes actually read from the underlying file(s) */
 	struct writeback *wb;   /* write-behind of data writes (writeback.h); NULL = none */
@@ -77,13 +82,21 @@ enum image_format image_format_parse(const char *s);
 /* Sniff the magic of an open fd: FMT_QCOW2 or FMT_RAW. */
 enum image_format image_detect_fd(int fd);
 
+/* Opens image files and block devices (a device opened to write is opened
+ * O_EXCL: a mounted filesystem or a device in use is refused). Anything
+ * whose size cannot be known (character device, FIFO, socket) is refused
+ * before it is opened, so a FIFO cannot block us. */
 struct image *image_open(const char *path, enum image_format fmt, int flags);
+/* Why a file of this st_mode cannot be an image ("is a directory", ...),
+ * or NULL for a regular file or block device. */
+const char *image_unusable_kind(mode_t mode);
 struct image *image_create(const char *path, enum image_format fmt, uint64_t size,
 			   const struct image_create_opts *opts);
 
 /* Per-format constructors; image_open/image_create dispatch to them. */
 struct image *raw_open(const char *path, int fd, bool writable);
 struct image *raw_create(const char *path, uint64_t size);
+struct image *blockdev_open(const char *path, int fd, bool writable);
 struct image *qcow2_open(const char *path, int fd, bool writable);
 struct image *qcow2_create(const char *path, uint64_t size, const struct image_create_opts *opts);
 

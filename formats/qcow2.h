@@ -158,6 +158,9 @@ struct qcow2_layout {
 	enum cluster_codec compress;
 	char *backing;
 	enum image_format backing_format;
+	/* What a rewrite would lose (static text: "it has internal
+	 * snapshots", ...), or NULL. */
+	const char *unkept;
 };
 int qcow2_layout_of(const char *path, struct qcow2_layout *out);
 void qcow2_layout_free(struct qcow2_layout *l);

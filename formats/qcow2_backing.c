@@ -33,8 +33,13 @@ struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow
 		return NULL;
 	}
 	struct image *img = NULL;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	struct stat st;
+	const char *why = stat(path, &st) == 0 ? image_unusable_kind(st.st_mode) : NULL;
+	if (why) { /* before open(2): a FIFO would block it */
+		sp_err("%s: backing file %s %s", self->path, path, why);
+		goto out;
+	}
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		sp_err("%s: backing file %s: %s", self->path, path, strerror(errno));
 		goto out;
@@ -44,8 +49,8 @@ struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow
 		close(fd);
 		goto out;
 	}
-	if (S_ISDIR(st.st_mode)) {
-		sp_err("%s: backing file %s is a directory", self->path, path);
+	if ((why = image_unusable_kind(st.st_mode))) {
+		sp_err("%s: backing file %s %s", self->path, path, why);
 		close(fd);
 		goto out;
 	}
@@ -62,6 +67,8 @@ struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow
 		fmt = image_detect_fd(fd);
 	if (fmt == FMT_QCOW2)
 		img = qcow2_open_in_chain(path, fd, self);
+	else if (S_ISBLK(st.st_mode))
+		img = blockdev_open(path, fd, false);
 	else
 		img = raw_open(path, fd, false);
 out:

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define V2_HEADER_LEN 72u
 #define V3_HEADER_LEN 104u
@@ -44,6 +45,10 @@ int qcow2_file_size(int fd, const char *path, uint64_t *size)
 	if (fstat(fd, &st) < 0)
 		return sp_err("%s: %s", path, strerror(errno));
 	*size = st.st_size > 0 ? (uint64_t)st.st_size : 0;
+	if (S_ISBLK(st.st_mode)) { /* qcow2 on a device (an LV): its size */
+		off_t end = lseek(fd, 0, SEEK_END);
+		*size = end > 0 ? (uint64_t)end : 0;
+	}
 	return 0;
 }
 

@@ -21,21 +21,13 @@
 #define QCOW2_EXT_BITMAPS 0x23852875u
 #define QCOW2_EXT_CRYPTO 0x0537be77u
 
-/* Why this image cannot be updated in place, or NULL. */
-static const char *refuse_reason(int fd, const char *path, const struct qcow2_header *h)
+/* What a rewrite (or an update by our writer) would not carry over:
+ * internal snapshots, persistent bitmaps, an encryption header. NULL when
+ * nothing. */
+static const char *unkept_parts(int fd, const char *path, const struct qcow2_header *h)
 {
-	if (h->backing_file)
-		return "it has a backing file";
-	if (h->extended_l2)
-		return "it uses extended L2 entries";
-	if (h->crypt_method)
-		return "it is encrypted";
 	if (h->nb_snapshots)
 		return "it has internal snapshots";
-	if (h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
-		return "it uses an external data file";
-	if (h->incompatible_features & QCOW2_INCOMPAT_CORRUPT)
-		return "it is marked corrupt";
 	if (h->version < 3)
 		return NULL;
 	/* Extensions that own clusters we would not keep track of. */
@@ -58,6 +50,22 @@ static const char *refuse_reason(int fd, const char *path, const struct qcow2_he
 	}
 	free(buf);
 	return why;
+}
+
+/* Why this image cannot be updated in place, or NULL. */
+static const char *refuse_reason(int fd, const char *path, const struct qcow2_header *h)
+{
+	if (h->backing_file)
+		return "it has a backing file";
+	if (h->extended_l2)
+		return "it uses extended L2 entries";
+	if (h->crypt_method)
+		return "it is encrypted";
+	if (h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
+		return "it uses an external data file";
+	if (h->incompatible_features & QCOW2_INCOMPAT_CORRUPT)
+		return "it is marked corrupt";
+	return unkept_parts(fd, path, h);
 }
 
 /* Entries of refcount block `blk` (one cluster) into q->rc from index first. */
@@ -331,6 +339,11 @@ int qcow2_layout_of(const char *path, struct qcow2_layout *out)
 		out->compress = !compressed ? CODEC_NONE
 			      : h.compression_type == QCOW2_COMPRESSION_ZSTD ? CODEC_ZSTD : CODEC_ZLIB;
 		out->backing_format = h.backing_format;
+		out->unkept = unkept_parts(fd, path, &h);
+		if (!out->unkept && h.crypt_method)
+			out->unkept = "it is encrypted";
+		if (!out->unkept && (h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE))
+			out->unkept = "it uses an external data file";
 		if (h.backing_file && !(out->backing = strdup(h.backing_file)))
 			rc = sp_err("%s: out of memory", path);
 	}

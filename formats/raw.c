@@ -163,13 +163,7 @@ struct image *raw_open(const char *path, int fd, bool writable)
 	img->writable = writable;
 	if (writable)
 		image_write_behind(img);
-	if (S_ISBLK(st.st_mode)) {
-		off_t end = lseek(fd, 0, SEEK_END);
-		img->size = end > 0 ? (uint64_t)end : 0;
-		r->no_seek_data = true;
-	} else {
-		img->size = (uint64_t)st.st_size;
-	}
+	img->size = (uint64_t)st.st_size;
 	return img;
 }
 

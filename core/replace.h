@@ -1,0 +1,28 @@
+/* The one way sparsync replaces a regular file: the new image is built
+ * under a temporary name in the same directory and renamed over the final
+ * name only once complete and flushed, so no reader ever sees half an image
+ * under the real name and an interrupted run leaves the old file. Only
+ * core/dest.c (which decides that the path is a regular file or absent)
+ * and shrink (which replaces an image it has just read) call this. */
+#ifndef SPARSYNC_REPLACE_H
+#define SPARSYNC_REPLACE_H
+
+#include "../formats/image.h"
+
+struct replacement {
+	char *final_path;   /* the file renamed over: symlinks already followed */
+	char *shown_path;   /* the name the user gave, for messages */
+	char *tmp_path;
+	struct image *img;
+	int cleanup_slot;
+};
+
+/* shown may equal final_path (NULL = the same). */
+int replace_begin(struct replacement *r, const char *final_path, const char *shown,
+		  enum image_format fmt, uint64_t size, const struct image_create_opts *opts);
+/* Flush, close, rename into place, fsync the directory. Frees r. */
+int replace_commit(struct replacement *r);
+/* Close and remove the temporary file. Frees r. Safe after a failed begin. */
+void replace_abort(struct replacement *r);
+
+#endif
