@@ -34,6 +34,16 @@ build/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP -c -o $@ $<
 
+# A test build that can be stopped at any write (SPARSYNC_FAULT_KILL_AT, see
+# formats/image.c): the plain objects with one file built differently.
+FAULT_OBJ := $(filter-out build/obj/formats/image.o,$(OBJ)) build/faults/formats/image.o
+sparsync-faults: $(FAULT_OBJ)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(FAULT_OBJ) $(PKG_LIBS)
+
+build/faults/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) -DSPARSYNC_FAULT_INJECTION $(PKG_CFLAGS) -MMD -MP -c -o $@ $<
+
 # The sanitizer build is a separate binary so tests can run both.
 asan: sparsync-asan
 sparsync-asan: $(ASAN_OBJ)
@@ -83,7 +93,7 @@ deps:
 # Packages first, in their own make run, so pkg-config sees them.
 check:
 	@sh tests/install-deps.sh
-	@$(MAKE) --no-print-directory all asan unit
+	@$(MAKE) --no-print-directory all asan unit sparsync-faults
 	@bash tests/run.sh
 
 demo:
@@ -105,6 +115,6 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/sparsync $(DESTDIR)$(MANDIR)/man1/sparsync.1
 
 clean:
-	rm -rf build sparsync sparsync-asan
+	rm -rf build sparsync sparsync-asan sparsync-faults
 
--include $(OBJ:.o=.d) $(ASAN_OBJ:.o=.d) $(FUZZ_LIB_OBJ:.o=.d)
+-include $(OBJ:.o=.d) $(ASAN_OBJ:.o=.d) build/faults/formats/image.d $(FUZZ_LIB_OBJ:.o=.d)

@@ -11,6 +11,7 @@ int cmd_copy(int argc, char **argv);
 int cmd_shrink(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
+int cmd_recover(int argc, char **argv);
 
 /* "sparsync CMD: MSG" + hint to --help; returns EXIT_USAGE. */
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -37,12 +37,14 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 	}
 	struct dest_opts dop = {
 		.out_fmt = cli->out_fmt, .create = &cli->create, .update = !cli->whole,
-		.target_is_zero = cli->target_is_zero,
+		.target_is_zero = cli->target_is_zero, .inplace = cli->inplace,
 	};
 	struct dest d;
 	int rc = dest_open(&d, dpath, &dop);
-	if (rc == 0)
+	if (rc == 0) {
+		st->destination = dest_how(&d);
 		rc = dest_begin(&d, src->format, src->size);
+	}
 	if (rc == 0) {
 		struct copy_opts o;
 		engine_opts(cli, d.img, &o);

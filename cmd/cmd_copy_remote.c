@@ -106,6 +106,8 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 			cl_opt(&c, "--whole", NULL);
 		if (cli->target_is_zero)
 			cl_opt(&c, "--target-is-zero", NULL);
+		if (cli->inplace)
+			cl_opt(&c, "--inplace", NULL);
 		if (cli->create.backing)
 			cl_opt(&c, "--backing", cli->create.backing);
 		if (cli->out_fmt != FMT_AUTO)
@@ -272,7 +274,8 @@ static int pull(const struct copy_cli *cli, struct sp_stats *st)
 	t->bwlimit = 0;
 	struct receive_opts ro = {
 		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
-		.whole = cli->whole, .target_is_zero = cli->target_is_zero, .sync = true,
+		.whole = cli->whole, .target_is_zero = cli->target_is_zero,
+		.inplace = cli->inplace, .sync = true,
 		.workers = cli->workers, .progress = cli->progress,
 	};
 	int rc = receive_run(t, &ro, st);

@@ -22,6 +22,7 @@
 static const char serve_usage[] =
 	"usage: sparsync serve --receive PATH [-O raw|qcow2] [--cluster-size SIZE] [-c zstd|zlib]\n"
 	"                      [--sync] [--backing FILE] [--whole] [--target-is-zero]\n"
+	"                      [--inplace]\n"
 	"       sparsync serve --send PATH [-f raw|qcow2] [--compress C] [--bwlimit RATE]\n"
 	"       sparsync serve --hashes PATH [-f raw|qcow2] [--hash-unit SIZE]\n"
 	"Each also takes -j N and --timeout SECONDS.\n"
@@ -31,7 +32,7 @@ static const char serve_usage[] =
 
 enum {
 	OPT_RECEIVE = 256, OPT_SEND, OPT_HASHES, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT,
-	OPT_BACKING, OPT_WHOLE, OPT_HASH_UNIT, OPT_SYNC, OPT_TIMEOUT, OPT_TARGET_ZERO,
+	OPT_BACKING, OPT_WHOLE, OPT_HASH_UNIT, OPT_SYNC, OPT_TIMEOUT, OPT_TARGET_ZERO, OPT_INPLACE,
 };
 
 struct serve_args {
@@ -40,7 +41,7 @@ struct serve_args {
 	struct image_create_opts create;
 	struct codec_choice codec;
 	uint64_t bwlimit;
-	bool whole, sync, target_is_zero;
+	bool whole, sync, target_is_zero, inplace;
 	uint32_t hash_unit;
 	unsigned workers;
 	unsigned timeout_s;
@@ -58,6 +59,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		{ "backing", required_argument, NULL, OPT_BACKING },
 		{ "whole", no_argument, NULL, OPT_WHOLE },
 		{ "target-is-zero", no_argument, NULL, OPT_TARGET_ZERO },
+		{ "inplace", no_argument, NULL, OPT_INPLACE },
 		{ "sync", no_argument, NULL, OPT_SYNC },
 		{ "hash-unit", required_argument, NULL, OPT_HASH_UNIT },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
@@ -77,6 +79,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		case OPT_BACKING: a->create.backing = optarg; break;
 		case OPT_WHOLE: a->whole = true; break;
 		case OPT_TARGET_ZERO: a->target_is_zero = true; break;
+		case OPT_INPLACE: a->inplace = true; break;
 		case OPT_SYNC: a->sync = true; break;
 		case OPT_HASH_UNIT:
 			if (parse_size(optarg, &v) < 0 || v < SYNC_UNIT_MIN || v > SYNC_UNIT_MAX ||
@@ -188,7 +191,8 @@ int cmd_serve(int argc, char **argv)
 		memset(&st, 0, sizeof st);
 		struct receive_opts ro = {
 			.dst_path = a.receive, .out_fmt = a.out_fmt, .create = &a.create,
-			.whole = a.whole, .target_is_zero = a.target_is_zero, .sync = a.sync,
+			.whole = a.whole, .target_is_zero = a.target_is_zero, .inplace = a.inplace,
+			.sync = a.sync,
 			.workers = a.workers,
 			.progress = PROGRESS_OFF,
 		};

@@ -17,6 +17,7 @@ struct copy_cli {
 	struct image_create_opts create; /* --cluster-size, -c, --backing */
 	bool json, whole;
 	bool target_is_zero;        /* --target-is-zero: a device DST reads as zeros */
+	bool inplace;               /* --inplace: update DST without the undo journal */
 	enum progress_mode progress;
 	bool quiet;
 	unsigned workers;           /* -j */

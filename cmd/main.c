@@ -17,6 +17,7 @@ static const char usage_text[] =
 	"  shrink [--json] [-q] IMAGE\n"
 	"                           turn zero-filled blocks into holes, content unchanged\n"
 	"  verify [OPTIONS] SRC DST compare two images by block hashes\n"
+	"  recover IMAGE            roll back an interrupted update of IMAGE\n"
 	"  serve                    the remote half, started over ssh by copy\n"
 	"\n"
 	"Run 'sparsync COMMAND --help' for a command's options; see sparsync(1).\n";
@@ -42,7 +43,7 @@ int main(int argc, char **argv)
 		int (*fn)(int, char **);
 	} cmds[] = {
 		{ "copy", cmd_copy },     { "map", cmd_map },       { "shrink", cmd_shrink },
-		{ "verify", cmd_verify }, { "serve", cmd_serve },
+		{ "verify", cmd_verify }, { "serve", cmd_serve },     { "recover", cmd_recover },
 	};
 	for (unsigned i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
 		if (strcmp(c, cmds[i].name) == 0)

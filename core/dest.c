@@ -2,6 +2,7 @@
 
 #include "error.h"
 #include "../formats/qcow2.h"
+#include "../formats/undo.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -164,8 +165,17 @@ int dest_open(struct dest *d, const char *path, const struct dest_opts *o)
 		return -1;
 	if (S_ISBLK(sb.st_mode))
 		return open_device(d);
-	if (S_ISREG(sb.st_mode))
+	if (S_ISREG(sb.st_mode)) {
+		/* An interrupted update left a journal: put yesterday's image back
+		 * before anything else looks at it. */
+		bool recovered;
+		if (undo_recover(d->real_path, d->path, &recovered) < 0)
+			return -1;
+		if (recovered)
+			sp_warn("%s: an interrupted update was rolled back to the previous image",
+				d->path);
 		d->existing = detect(d->real_path);
+	}
 	if (o->create && o->create->backing)
 		return open_backing(d);
 	d->mode = DEST_NEW;
@@ -186,6 +196,11 @@ int dest_open(struct dest *d, const char *path, const struct dest_opts *o)
 	}
 	d->img = img;
 	d->mode = DEST_UPDATE;
+	if (!o->inplace) {
+		if (!(d->undo = undo_begin(d->real_path, d->path)))
+			return -1;
+		img->undo = d->undo;
+	}
 	return 0;
 }
 
@@ -270,6 +285,11 @@ int dest_commit(struct dest *d)
 	int rc = image_flush(img);
 	if (image_close(img) < 0)
 		rc = -1;
+	if (d->undo) {
+		struct undo *u = d->undo;
+		d->undo = NULL;
+		rc = rc == 0 ? undo_commit(u) : undo_rollback(u);
+	}
 	return rc;
 }
 
@@ -282,19 +302,34 @@ void dest_abort(struct dest *d)
 		d->img = NULL;
 		replace_abort(&d->repl);
 	}
-	/* Updated in place: what arrived stays, in a consistent image. */
+	/* Updated in place: the journal puts the old image back; with
+	 * --inplace what arrived stays, in a consistent image. */
 	image_close(d->img);
 	d->img = NULL;
+	if (d->undo) {
+		undo_rollback(d->undo);
+		d->undo = NULL;
+	}
 	sp_err("%s", saved);
 }
 
 void dest_close(struct dest *d)
 {
-	if (d->replacing || d->img)
+	if (d->replacing || d->img || d->undo)
 		dest_abort(d);
 	image_close(d->backing);
 	d->backing = NULL;
 	free(d->path);
 	free(d->real_path);
 	d->path = d->real_path = NULL;
+}
+
+const char *dest_how(const struct dest *d)
+{
+	switch (d->mode) {
+	case DEST_UPDATE: return d->o.inplace ? "inplace" : "journal";
+	case DEST_OVERLAY: return "overlay";
+	case DEST_DEVICE: return "device";
+	default: return "new";
+	}
 }

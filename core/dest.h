@@ -44,6 +44,9 @@ struct dest_opts {
 	/* --target-is-zero: a device already reads as zeros, so the source's
 	 * zero ranges need no work there (like qemu-img convert's option). */
 	bool target_is_zero;
+	/* --inplace: update an existing file without the undo journal (faster,
+	 * and an interruption leaves a mix of old and new). */
+	bool inplace;
 };
 
 struct dest {
@@ -55,6 +58,7 @@ struct dest {
 	struct image *img;            /* the image written (UPDATE/DEVICE: from dest_open) */
 	struct image *backing;        /* OVERLAY: the image the overlay is based on */
 	struct replacement repl;      /* NEW/OVERLAY */
+	struct undo *undo;            /* UPDATE without --inplace: the undo journal */
 	bool replacing;
 	union {
 		struct image_sink image;
@@ -84,5 +88,8 @@ int dest_commit(struct dest *d);
 void dest_abort(struct dest *d);
 /* Free everything (after commit or abort, or after a failed dest_open). */
 void dest_close(struct dest *d);
+/* How DST was written, for --json: "new", "journal" (in place, undo
+ * journal), "inplace", "overlay" or "device". */
+const char *dest_how(const struct dest *d);
 
 #endif

@@ -86,10 +86,12 @@ static int choose_dest(struct receiver *r, bool sync)
 	const struct receive_opts *o = r->o;
 	struct dest_opts dop = {
 		.out_fmt = o->out_fmt, .create = o->create, .update = sync && !o->whole,
-		.target_is_zero = o->target_is_zero,
+		.target_is_zero = o->target_is_zero, .inplace = o->inplace,
 	};
 	int rc = dest_open(&r->d, o->dst_path, &dop);
 	r->have_dest = true;
+	if (rc == 0)
+		r->st->destination = dest_how(&r->d);
 	return rc;
 }
 

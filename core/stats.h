@@ -21,6 +21,9 @@ struct sp_stats {
 	uint64_t blocks_changed;  /* sync: blocks that differed */
 	uint64_t bytes_unchanged; /* sync: data bytes already identical */
 	double seconds;
+	/* How the destination was written (core/dest.c's dest_how), or NULL
+	 * where this process did not write it. */
+	const char *destination;
 };
 
 #define stats_add(field, n) __atomic_add_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)

@@ -1,4 +1,5 @@
 #include "image.h"
+#include "undo.h"
 #include "writeback.h"
 
 #include "../core/error.h"
@@ -66,6 +67,11 @@ struct image *image_open(const char *path, enum image_format fmt, int flags)
 	const char *why = image_unusable_kind(st.st_mode);
 	if (why) {
 		sp_err("%s: %s", path, why);
+		return NULL;
+	}
+	if (S_ISREG(st.st_mode) && undo_pending(path)) {
+		sp_err("%s: an update of this image was interrupted and it may be a mix of old and "
+		       "new; run 'sparsync recover %s' to put the previous image back", path, path);
 		return NULL;
 	}
 	/* O_EXCL on a block device (Linux): refused while it is mounted or
@@ -226,9 +232,40 @@ void image_write_behind(struct image *img)
 		img->wb = writeback_new();
 }
 
+#ifdef SPARSYNC_FAULT_INJECTION
+/* Test builds only (sparsync-faults): SPARSYNC_FAULT_KILL_AT=N kills the
+ * process with SIGKILL just before its Nth write to a destination file,
+ * so tests can stop an update deterministically at every write. */
+#include <signal.h>
+static void fault_point(void)
+{
+	static unsigned long count;
+	const char *at = getenv("SPARSYNC_FAULT_KILL_AT");
+	if (at && __atomic_add_fetch(&count, 1, __ATOMIC_SEQ_CST) == strtoul(at, NULL, 10))
+		raise(SIGKILL);
+}
+#else
+static void fault_point(void) {}
+#endif
+
+int image_protect(struct image *img, uint64_t off, uint64_t len)
+{
+	if (img->undo && undo_protect(img->undo, off, len) < 0)
+		return -1;
+	fault_point();
+	return 0;
+}
+
+int image_write_meta(struct image *img, const void *buf, size_t len, uint64_t off)
+{
+	if (image_protect(img, off, len) < 0)
+		return -1;
+	return full_pwrite(img->fd, buf, len, off, img->path);
+}
+
 int image_write_data(struct image *img, const void *buf, size_t len, uint64_t off)
 {
-	if (full_pwrite(img->fd, buf, len, off, img->path) < 0)
+	if (image_protect(img, off, len) < 0 || full_pwrite(img->fd, buf, len, off, img->path) < 0)
 		return -1;
 	writeback_note(img->wb, img->fd, off, len);
 	return 0;

@@ -71,6 +71,9 @@ struct image {
 	int fd;
 	uint64_t bytes_read;    /* bytes actually read from the underlying file(s) */
 	struct writeback *wb;   /* write-behind of data writes (writeback.h); NULL = none */
+	/* In-place update under an undo journal (undo.h): every write, punch or
+	 * truncation of bytes the file held saves them first. Not owned. */
+	struct undo *undo;
 	void *priv;
 };
 
@@ -117,6 +120,12 @@ void image_write_behind(struct image *img);
 /* full_pwrite of guest data to img's file at host offset off, then the
  * write-behind note. Metadata goes through full_pwrite alone. */
 int image_write_data(struct image *img, const void *buf, size_t len, uint64_t off);
+/* full_pwrite of metadata (qcow2 tables, header) to img's file, after the
+ * undo journal (if any) saved what it overwrites. */
+int image_write_meta(struct image *img, const void *buf, size_t len, uint64_t off);
+/* [off, off+len) of img's file is about to be overwritten, punched or cut
+ * off: let the undo journal save it first (nothing without one). */
+int image_protect(struct image *img, uint64_t off, uint64_t len);
 
 static inline int image_extent(struct image *i, uint64_t off, struct extent *e)
 {

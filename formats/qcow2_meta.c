@@ -192,7 +192,7 @@ static int write_table(struct q2w *q, const uint64_t *t, uint64_t n, uint64_t by
 	memset(buf, 0, bytes);
 	for (uint64_t i = 0; i < n; i++)
 		q2_put_be64(buf + i * 8, t[i]);
-	return full_pwrite(q->img->fd, buf, bytes, off, q->img->path);
+	return image_write_meta(q->img, buf, bytes, off);
 }
 
 static void pack_refblock(const struct q2w *q, uint64_t i, unsigned char *buf)
@@ -275,7 +275,7 @@ static int write_fresh_header(struct q2w *q, unsigned char *buf)
 		q2_put_be32(buf + 16, (uint32_t)blen);
 		memcpy(buf + p, q->backing_name, blen);
 	}
-	return full_pwrite(q->img->fd, buf, q->cs, 0, q->img->path);
+	return image_write_meta(q->img, buf, q->cs, 0);
 }
 
 /* An existing image: rewrite only the fields that may have changed, so
@@ -290,12 +290,12 @@ static int write_header_fields(struct q2w *q)
 	q2_put_be64(b + 40, q->l1_offset);
 	q2_put_be64(b + 48, q->rt_offset);
 	q2_put_be32(b + 56, (uint32_t)q->rt_clusters);
-	if (full_pwrite(q->img->fd, b + 24, 40, 24, q->img->path) < 0)
+	if (image_write_meta(q->img, b + 24, 40, 24) < 0)
 		return -1;
 	if (q->version >= 3) {
 		unsigned char f[8];
 		q2_put_be64(f, q->incompat & ~QCOW2_INCOMPAT_DIRTY);
-		if (full_pwrite(q->img->fd, f, 8, 72, q->img->path) < 0)
+		if (image_write_meta(q->img, f, 8, 72) < 0)
 			return -1;
 	}
 	return 0;
@@ -399,7 +399,7 @@ int q2_flush_locked(struct q2w *q)
 		if (!q->rt[i] || i > q->rc_cap / E || !q->rb_dirty[i])
 			continue;
 		pack_refblock(q, i, buf);
-		rc = full_pwrite(q->img->fd, buf, q->cs, q->rt[i], q->img->path);
+		rc = image_write_meta(q->img, buf, q->cs, q->rt[i]);
 		if (rc == 0)
 			q->rb_dirty[i] = 0;
 	}
@@ -432,7 +432,8 @@ int q2_flush_locked(struct q2w *q)
 			if (!(q->pending[c / 8] & (1u << (c % 8))))
 				continue;
 			q->pending[c / 8] &= (uint8_t)~(1u << (c % 8));
-			if (q->rc[c] == 0)
+			if (q->rc[c] == 0 &&
+			    image_protect(q->img, c << q->cluster_bits, q->cs) == 0)
 				fallocate(q->img->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 					  (off_t)(c << q->cluster_bits), (off_t)q->cs);
 		}
@@ -447,7 +448,9 @@ int q2_flush_locked(struct q2w *q)
 		if (q->free_hint > last)
 			q->free_hint = last;
 		if (fstat(q->img->fd, &st) == 0 && (uint64_t)st.st_size > last << q->cluster_bits &&
-		    ftruncate(q->img->fd, (off_t)(last << q->cluster_bits)) < 0)
+		    (image_protect(q->img, last << q->cluster_bits,
+				   (uint64_t)st.st_size - (last << q->cluster_bits)) < 0 ||
+		     ftruncate(q->img->fd, (off_t)(last << q->cluster_bits)) < 0))
 			return sp_err("%s: truncate: %s", q->img->path, strerror(errno));
 	}
 	return 0;

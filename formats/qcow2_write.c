@@ -450,7 +450,7 @@ static int begin_modify(struct q2w *q)
 	q2_put_be64(b + 8, 0);   /* compatible features: kept as they were */
 	q2_put_be64(b + 16, 0);  /* autoclear */
 	if (full_pread(q->img->fd, b + 8, 8, 80, q->img->path) < 0 ||
-	    full_pwrite(q->img->fd, b, sizeof b, 72, q->img->path) < 0)
+	    image_write_meta(q->img, b, sizeof b, 72) < 0)
 		return -1;
 	q->autoclear = 0;
 	if (fdatasync(q->img->fd) < 0)
@@ -471,7 +471,7 @@ static int write_new_cluster(struct q2w *q, uint64_t g, uint64_t e, const unsign
 			return -1;
 		host = (uint64_t)c << q->cluster_bits;
 	}
-	if (full_pwrite(q->img->fd, buf, q->cs, host, q->img->path) < 0) {
+	if (image_write_meta(q->img, buf, q->cs, host) < 0) {
 		if (!reuse)
 			q2_rc_dec(q, host >> q->cluster_bits);
 		return -1;
@@ -686,7 +686,7 @@ static int zero_locked(struct q2w *q, uint64_t off, uint64_t len)
 		} else if (k == C_NORMAL) {
 			for (uint64_t done = 0; rc == 0 && done < n; done += sizeof zeros) {
 				size_t m = n - done < sizeof zeros ? (size_t)(n - done) : sizeof zeros;
-				rc = full_pwrite(img->fd, zeros, m, host + in + done, img->path);
+				rc = image_write_meta(img, zeros, m, host + in + done);
 			}
 		} else {
 			rc = rmw_cluster(q, g, in, (size_t)n, NULL);

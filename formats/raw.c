@@ -91,6 +91,8 @@ static int raw_zero(struct image *img, uint64_t off, uint64_t len)
 	struct raw *r = img->priv;
 	if (len == 0)
 		return 0;
+	if (image_protect(img, off, len) < 0)
+		return -1;
 	if (!r->no_punch) {
 		if (fallocate(img->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			      (off_t)off, (off_t)len) == 0)
@@ -105,6 +107,8 @@ static int raw_zero(struct image *img, uint64_t off, uint64_t len)
 
 static int raw_resize(struct image *img, uint64_t size)
 {
+	if (size < img->size && image_protect(img, size, img->size - size) < 0)
+		return -1;
 	if (ftruncate(img->fd, (off_t)size) < 0)
 		return sp_err("%s: resize to %llu bytes: %s", img->path,
 			      (unsigned long long)size, strerror(errno));
