@@ -150,6 +150,8 @@ def targets(rows):
                  "fresh push of the fs image, sparsync vs tar -S | ssh")
     ratio_target("fs: push unchanged (ssh)", "rsync -S", 10,
                  "unchanged re-sync, sparsync vs rsync -S")
+    ratio_target("fs: local 1% re-sync, safe vs --inplace", "sparsync --inplace", 1 / 1.2,
+                 "safe 1 % re-sync costs at most 20 % more than --inplace")
     ratio_target("fs: local raw->raw", "qemu-img convert", 1.0,
                  "local raw->raw, sparsync vs qemu-img convert")
     ratio_target("fs: local raw->qcow2", "qemu-img convert", 1.0,

@@ -318,6 +318,22 @@ if want local; then
 	raw_to_raw "fs: local raw->raw" "$IMG/fs.raw" same_raw
 	convert "fs: local raw->qcow2" "$IMG/fs.raw" raw qcow2 "$IMG/fs.raw"
 	convert "fs: local qcow2->raw" "$IMG/fs.qcow2" qcow2 raw "$IMG/fs.raw"
+
+	# The safe default (undo journal) against --inplace on a 1 % re-sync:
+	# both start from a copy of yesterday's image (put back untimed).
+	c="fs: local ${BENCH_CHANGE_PCT}% re-sync, safe vs --inplace"
+	cp --sparse=always "$IMG/fs.raw" "$L/yesterday.raw"
+	$PY "$TOP/bench/imgtool.py" change "$IMG/fs.raw" "$IMG/fs.raw.journal" \
+		"$BENCH_CHANGE_PCT" "$BENCH_CHANGE_WRITE" 64K 17 >/dev/null || die "changing fs.raw failed"
+	back="cp --sparse=always '$L/yesterday.raw' '$L/d.raw'"
+	for ((i = 1; i <= BENCH_LOCAL_REPEAT; i++)); do
+		REPS=1 PREP="$back" bench_run "$c" sparsync none "$L/d.raw" "$(same_raw "$IMG/fs.raw" "$L/d.raw")" \
+			"$SP '$IMG/fs.raw' '$L/d.raw'"
+		REPS=1 PREP="$back" bench_run "$c" "sparsync --inplace" none "$L/d.raw" \
+			"$(same_raw "$IMG/fs.raw" "$L/d.raw")" "$SP --inplace '$IMG/fs.raw' '$L/d.raw'"
+	done
+	$PY "$TOP/bench/imgtool.py" restore "$IMG/fs.raw" "$IMG/fs.raw.journal" || die "restoring fs.raw failed"
+	rm -f "$L"/*
 fi
 
 if want frag; then

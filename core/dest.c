@@ -165,6 +165,7 @@ int dest_open(struct dest *d, const char *path, const struct dest_opts *o)
 		return -1;
 	if (S_ISBLK(sb.st_mode))
 		return open_device(d);
+	replace_sweep(d->real_path);
 	if (S_ISREG(sb.st_mode)) {
 		/* An interrupted update left a journal: put yesterday's image back
 		 * before anything else looks at it. */

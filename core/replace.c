@@ -3,12 +3,15 @@
 #include "cleanup.h"
 #include "error.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,11 +25,92 @@ static char *dir_of(const char *path)
 	return d;
 }
 
+/* Temporaries are named .BASE.sparsync-XXXXXX and held under an exclusive
+ * flock for as long as their run lives; the kernel drops the lock when the
+ * run dies, even by kill -9. So a temporary whose lock can be taken belongs
+ * to nobody: remove it (the next run on the same destination cleans up
+ * after a killed one). */
+static void sweep_stale(const char *dir, const char *base)
+{
+	char prefix[512];
+	int n = snprintf(prefix, sizeof prefix, ".%s.sparsync-", base);
+	if (n < 0 || (size_t)n >= sizeof prefix)
+		return;
+	DIR *dp = opendir(dir);
+	if (!dp)
+		return;
+	struct dirent *e;
+	while ((e = readdir(dp))) {
+		if (strncmp(e->d_name, prefix, (size_t)n) != 0 || strlen(e->d_name) != (size_t)n + 6 ||
+		    strcmp(e->d_name + n, "undo") == 0)
+			continue;
+		int fd = openat(dirfd(dp), e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		struct stat a, b;
+		if (fstat(fd, &a) == 0 && S_ISREG(a.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+		    fstatat(dirfd(dp), e->d_name, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    a.st_dev == b.st_dev && a.st_ino == b.st_ino &&
+		    unlinkat(dirfd(dp), e->d_name, 0) == 0)
+			sp_warn("%s/%s: removed a temporary file left by an interrupted run", dir,
+				e->d_name);
+		close(fd);
+	}
+	closedir(dp);
+}
+
+void replace_sweep(const char *final_path)
+{
+	char *copy = strdup(final_path), *dir = dir_of(final_path);
+	if (copy && dir)
+		sweep_stale(dir, basename(copy));
+	free(copy);
+	free(dir);
+}
+
+/* A new temporary under its name, already locked: made unnamed
+ * (O_TMPFILE), locked, then linked in, so no sweep ever sees it unlocked.
+ * Where O_TMPFILE is missing, mkstemp then flock (a sweep in that instant
+ * could take it; only on such filesystems). */
+static int create_locked(char *tmpl, mode_t mode)
+{
+	char *dir = dir_of(tmpl);
+	int fd = dir ? open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, mode) : -1;
+	free(dir);
+	if (fd < 0) {
+		fd = mkostemp(tmpl, O_CLOEXEC);
+		if (fd >= 0)
+			flock(fd, LOCK_EX | LOCK_NB);
+		return fd;
+	}
+	flock(fd, LOCK_EX | LOCK_NB);
+	char proc[64];
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+	size_t len = strlen(tmpl);
+	for (int tries = 0; tries < 100; tries++) {
+		static const char set[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+		unsigned char rnd[6];
+		if (getrandom(rnd, sizeof rnd, 0) != sizeof rnd)
+			break;
+		for (int i = 0; i < 6; i++)
+			tmpl[len - 6 + i] = set[rnd[i] % (sizeof set - 1)];
+		if (linkat(AT_FDCWD, proc, AT_FDCWD, tmpl, AT_SYMLINK_FOLLOW) == 0)
+			return fd;
+		if (errno != EEXIST)
+			break;
+	}
+	int e = errno;
+	close(fd);
+	errno = e;
+	return -1;
+}
+
 int replace_begin(struct replacement *d, const char *final_path, const char *shown,
 		  enum image_format fmt, uint64_t size, const struct image_create_opts *opts)
 {
 	memset(d, 0, sizeof *d);
 	d->cleanup_slot = -1;
+	d->lock_fd = -1;
 	if (!shown)
 		shown = final_path;
 	char *copy = strdup(final_path);
@@ -49,10 +133,13 @@ int replace_begin(struct replacement *d, const char *final_path, const char *sho
 		return sp_err("%s: out of memory", shown);
 	}
 	snprintf(d->tmp_path, len, "%s/.%s.sparsync-XXXXXX", dir, base);
+	sweep_stale(dir, base);
 	free(copy);
 	free(dir);
 
-	int fd = mkstemp(d->tmp_path);
+	mode_t mask = umask(0);
+	umask(mask);
+	int fd = create_locked(d->tmp_path, 0600);
 	if (fd < 0) {
 		int e = errno;
 		free(d->tmp_path);
@@ -66,10 +153,8 @@ int replace_begin(struct replacement *d, const char *final_path, const char *sho
 	/* mkstemp makes 0600; give the image the mode a plain create would
 	 * (or keep the mode of the file it replaces). */
 	struct stat old;
-	mode_t mask = umask(0);
-	umask(mask);
 	fchmod(fd, stat(final_path, &old) == 0 ? (old.st_mode & 07777) : (0666 & ~mask));
-	close(fd);
+	d->lock_fd = fd; /* held until commit or abort: the temporary is ours */
 	d->cleanup_slot = cleanup_register(d->tmp_path);
 	d->img = image_create(d->tmp_path, fmt, size, opts);
 	if (!d->img) {
@@ -95,6 +180,9 @@ int replace_begin(struct replacement *d, const char *final_path, const char *sho
 
 static void replace_free(struct replacement *d)
 {
+	if (d->lock_fd > 0)
+		close(d->lock_fd);
+	d->lock_fd = -1;
 	cleanup_forget(d->cleanup_slot);
 	d->cleanup_slot = -1;
 	free(d->tmp_path);

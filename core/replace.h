@@ -15,8 +15,12 @@ struct replacement {
 	char *tmp_path;
 	struct image *img;
 	int cleanup_slot;
+	int lock_fd;        /* flock on the temporary: it belongs to a live run */
 };
 
+/* Remove the temporaries of final_path that no live run holds (left by a
+ * killed one). replace_begin does it too. */
+void replace_sweep(const char *final_path);
 /* shown may equal final_path (NULL = the same). */
 int replace_begin(struct replacement *r, const char *final_path, const char *shown,
 		  enum image_format fmt, uint64_t size, const struct image_create_opts *opts);
