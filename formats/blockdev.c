@@ -14,8 +14,9 @@
  *   back.
  * - Reading a multi-TB device must not evict everything else the host has
  *   cached: what was read is dropped from the page cache right behind the
- *   reader (POSIX_FADV_DONTNEED). Measured against O_DIRECT in
- *   bench/README.md; DONTNEED needs no aligned buffers and keeps read-ahead.
+ *   reader (POSIX_FADV_DONTNEED). Chosen over O_DIRECT because it needs no
+ *   aligned buffers and keeps the kernel's read-ahead; the two have not
+ *   been timed against each other yet (bench/ "dev" case is the place).
  */
 #include "image.h"
 
@@ -64,19 +65,6 @@ static int bd_pwrite(struct image *img, const void *buf, size_t len, uint64_t of
 	return image_write_data(img, buf, len, off);
 }
 
-static int write_zeros(struct image *img, uint64_t off, uint64_t len)
-{
-	static const char zeros[65536];
-	while (len > 0) {
-		size_t n = len < sizeof zeros ? (size_t)len : sizeof zeros;
-		if (image_write_data(img, zeros, n, off) < 0)
-			return -1;
-		off += n;
-		len -= n;
-	}
-	return 0;
-}
-
 /* Zero a sector-aligned range with the kernel's help; 1 when the caller
  * must write zeros itself. */
 static int zero_aligned(struct image *img, struct blockdev *b, uint64_t off, uint64_t len)
@@ -114,34 +102,17 @@ static int bd_zero(struct image *img, uint64_t off, uint64_t len)
 	uint64_t s = b->sector;
 	uint64_t a = (off + s - 1) / s * s, z = (off + len) / s * s;
 	if (a >= z)
-		return write_zeros(img, off, len);
-	if (a > off && write_zeros(img, off, a - off) < 0)
+		return image_write_zeros(img, off, len);
+	if (a > off && image_write_zeros(img, off, a - off) < 0)
 		return -1;
 	int rc = zero_aligned(img, b, a, z - a);
 	if (rc < 0)
 		return -1;
-	if (rc == 1 && write_zeros(img, a, z - a) < 0)
+	if (rc == 1 && image_write_zeros(img, a, z - a) < 0)
 		return -1;
-	if (off + len > z && write_zeros(img, z, off + len - z) < 0)
+	if (off + len > z && image_write_zeros(img, z, off + len - z) < 0)
 		return -1;
 	return 0;
-}
-
-static int bd_flush(struct image *img)
-{
-	if (img->writable && fsync(img->fd) < 0)
-		return sp_err("%s: flushing the device: %s", img->path, strerror(errno));
-	return 0;
-}
-
-static int bd_close(struct image *img)
-{
-	int rc = 0;
-	if (close(img->fd) < 0 && img->writable)
-		rc = sp_err("%s: close: %s", img->path, strerror(errno));
-	free(img->priv);
-	image_free(img);
-	return rc;
 }
 
 static const struct image_ops blockdev_ops = {
@@ -151,8 +122,8 @@ static const struct image_ops blockdev_ops = {
 	.pwrite = bd_pwrite,
 	.zero = bd_zero,
 	.resize = NULL, /* a device keeps its size: image_resize refuses */
-	.flush = bd_flush,
-	.close = bd_close,
+	.flush = image_fd_flush,
+	.close = image_fd_close,
 	.prefetch = bd_prefetch,
 };
 

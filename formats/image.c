@@ -270,3 +270,33 @@ int image_write_data(struct image *img, const void *buf, size_t len, uint64_t of
 	writeback_note(img->wb, img->fd, off, len);
 	return 0;
 }
+
+int image_fd_flush(struct image *img)
+{
+	if (img->writable && fsync(img->fd) < 0)
+		return sp_err("%s: fsync: %s", img->path, strerror(errno));
+	return 0;
+}
+
+int image_fd_close(struct image *img)
+{
+	int rc = 0;
+	if (close(img->fd) < 0 && img->writable)
+		rc = sp_err("%s: close: %s", img->path, strerror(errno));
+	free(img->priv);
+	image_free(img);
+	return rc;
+}
+
+int image_write_zeros(struct image *img, uint64_t off, uint64_t len)
+{
+	static const char zeros[65536];
+	while (len > 0) {
+		size_t n = len < sizeof zeros ? (size_t)len : sizeof zeros;
+		if (full_pwrite(img->fd, zeros, n, off, img->path) < 0)
+			return -1;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}

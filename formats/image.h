@@ -123,6 +123,12 @@ int image_write_data(struct image *img, const void *buf, size_t len, uint64_t of
 /* full_pwrite of metadata (qcow2 tables, header) to img's file, after the
  * undo journal (if any) saved what it overwrites. */
 int image_write_meta(struct image *img, const void *buf, size_t len, uint64_t off);
+/* For images that are one plain file descriptor (raw files, devices):
+ * fsync when writable; close the fd and free priv and img; write zeros
+ * over a range (after image_protect by the caller). */
+int image_fd_flush(struct image *img);
+int image_fd_close(struct image *img);
+int image_write_zeros(struct image *img, uint64_t off, uint64_t len);
 /* [off, off+len) of img's file is about to be overwritten, punched or cut
  * off: let the undo journal save it first (nothing without one). */
 int image_protect(struct image *img, uint64_t off, uint64_t len);

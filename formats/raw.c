@@ -73,19 +73,6 @@ static int raw_pwrite(struct image *img, const void *buf, size_t len, uint64_t o
 	return image_write_data(img, buf, len, off);
 }
 
-static int write_zeros(struct image *img, uint64_t off, uint64_t len)
-{
-	static const char zeros[65536];
-	while (len > 0) {
-		size_t n = len < sizeof zeros ? (size_t)len : sizeof zeros;
-		if (full_pwrite(img->fd, zeros, n, off, img->path) < 0)
-			return -1;
-		off += n;
-		len -= n;
-	}
-	return 0;
-}
-
 static int raw_zero(struct image *img, uint64_t off, uint64_t len)
 {
 	struct raw *r = img->priv;
@@ -102,7 +89,7 @@ static int raw_zero(struct image *img, uint64_t off, uint64_t len)
 				      (unsigned long long)off, strerror(errno));
 		r->no_punch = true;
 	}
-	return write_zeros(img, off, len);
+	return image_write_zeros(img, off, len);
 }
 
 static int raw_resize(struct image *img, uint64_t size)
@@ -116,23 +103,6 @@ static int raw_resize(struct image *img, uint64_t size)
 	return 0;
 }
 
-static int raw_flush(struct image *img)
-{
-	if (img->writable && fsync(img->fd) < 0)
-		return sp_err("%s: fsync: %s", img->path, strerror(errno));
-	return 0;
-}
-
-static int raw_close(struct image *img)
-{
-	int rc = 0;
-	if (close(img->fd) < 0 && img->writable)
-		rc = sp_err("%s: close: %s", img->path, strerror(errno));
-	free(img->priv);
-	image_free(img);
-	return rc;
-}
-
 static const struct image_ops raw_ops = {
 	.name = "raw",
 	.extent = raw_extent,
@@ -140,8 +110,8 @@ static const struct image_ops raw_ops = {
 	.pwrite = raw_pwrite,
 	.zero = raw_zero,
 	.resize = raw_resize,
-	.flush = raw_flush,
-	.close = raw_close,
+	.flush = image_fd_flush,
+	.close = image_fd_close,
 	.prefetch = raw_prefetch,
 };
 
