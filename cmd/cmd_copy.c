@@ -47,7 +47,8 @@ static const char copy_usage[] =
 	"  -q, --quiet             no progress, no summary\n";
 
 enum {
-	OPT_CLUSTER = OPT_CLI_NEXT, OPT_BACKING, OPT_WHOLE, OPT_TARGET_ZERO, OPT_INPLACE, OPT_JSON, OPT_COMPRESS, OPT_BWLIMIT,
+	OPT_CLUSTER = OPT_CLI_NEXT, OPT_BACKING, OPT_WHOLE, OPT_TARGET_ZERO, OPT_INPLACE, OPT_JSON,
+	OPT_COMPRESS, OPT_BWLIMIT,
 };
 
 static int parse_args(int argc, char **argv, struct copy_cli *cli)

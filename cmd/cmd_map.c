@@ -98,11 +98,6 @@ int cmd_map(int argc, char **argv)
 		struct extent e;
 		if ((rc = next_extent(img, buf, pos, &e)) < 0)
 			break;
-		if (e.length == 0 || e.offset != pos) {
-			rc = sp_err("%s: extent map made no progress at offset %llu", img->path,
-				    (unsigned long long)pos);
-			break;
-		}
 		enum extent_kind k = e.kind == EXTENT_DATA ? EXTENT_DATA : EXTENT_HOLE;
 		if (pos == 0) {
 			run_kind = k;

@@ -156,22 +156,13 @@ int cmd_shrink(int argc, char **argv)
 		return fail();
 	}
 	/* qcow2 is read (and rewritten elsewhere); raw is changed in place. */
-	int fd = open(real, O_RDONLY | O_CLOEXEC);
-	enum image_format fmt = fd >= 0 ? image_detect_fd(fd) : FMT_RAW;
-	if (fd >= 0)
-		close(fd);
+	enum image_format fmt = image_detect_path(real);
 	struct image *img = image_open(real, fmt, fmt == FMT_QCOW2 ? IMAGE_RDONLY : IMAGE_RDWR);
-	if (img) {
-		char *shown = strdup(path);
-		if (shown) {
-			free(img->path);
-			img->path = shown;
-		}
-	}
 	if (!img) {
 		free(real);
 		return fail();
 	}
+	image_set_name(img, path);
 	struct sp_stats st;
 	memset(&st, 0, sizeof st);
 	int rc = img->format == FMT_QCOW2 ? shrink_qcow2(img, real, &o, &st)

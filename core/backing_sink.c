@@ -71,9 +71,6 @@ static int bsink_zero(struct sink *base, uint64_t off, uint64_t len)
 		struct extent e;
 		if (image_extent(s->backing, off, &e) < 0)
 			return -1;
-		if (e.offset != off || e.length == 0)
-			return sp_err("%s: extent map made no progress at offset %llu",
-				      s->backing->path, (unsigned long long)off);
 		uint64_t n = e.length < end - off ? e.length : end - off;
 		if (e.kind == EXTENT_DATA && image_zero(s->dst, off, n) < 0)
 			return -1;

@@ -149,12 +149,6 @@ static void read_extents(struct pipeline *p, struct progress *prog)
 			pipeline_fail(p);
 			return;
 		}
-		if (e.length == 0 || e.offset != pos) {
-			sp_err("%s: extent map made no progress at offset %llu", src->path,
-			       (unsigned long long)pos);
-			pipeline_fail(p);
-			return;
-		}
 		uint64_t end = e.length < size - pos ? pos + e.length : size;
 		uint64_t down = end == size ? size : end / g * g;
 		uint64_t up = end == size ? size : (end + g - 1) / g * g;

@@ -6,24 +6,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-/* "backing file NAME: ..." for a failed open of the resolved path real. */
-static void name_backing_in_msg(const char *real, const char *shown)
-{
-	char msg[1024];
-	const char *m = sp_errmsg();
-	size_t n = strlen(real);
-	if (strncmp(m, real, n) == 0 && m[n] == ':')
-		m += n + (m[n + 1] == ' ' ? 2 : 1);
-	snprintf(msg, sizeof msg, "%s", m);
-	sp_err("backing file %s: %s (looked for %s)", shown, msg, real);
-}
 
 /* Where DST stands: sets d->real_path and *sb (zeroed mode when absent). */
 static int classify(struct dest *d, struct stat *sb)
@@ -77,7 +64,11 @@ static int open_backing(struct dest *d)
 		return sp_err("%s: out of memory", d->path);
 	d->backing = image_open(bpath, FMT_AUTO, IMAGE_RDONLY);
 	if (!d->backing) {
-		name_backing_in_msg(bpath, c->backing);
+		/* "backing file NAME: why (looked for RESOLVED)" */
+		char why[1024];
+		sp_err_rename(bpath, c->backing);
+		snprintf(why, sizeof why, "%s", sp_errmsg()); /* sp_err writes over it */
+		sp_err("backing file %s (looked for %s)", why, bpath);
 		free(bpath);
 		return -1;
 	}
@@ -88,16 +79,6 @@ static int open_backing(struct dest *d)
 		return sp_err("%s: the destination is its own backing file", d->path);
 	d->mode = DEST_OVERLAY;
 	return 0;
-}
-
-static enum image_format detect(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return FMT_AUTO;
-	enum image_format f = image_detect_fd(fd);
-	close(fd);
-	return f;
 }
 
 /* Options that ask for a layout an in-place update cannot give. */
@@ -142,11 +123,7 @@ static int open_device(struct dest *d)
 	d->img = image_open(d->real_path, FMT_RAW, IMAGE_RDWR);
 	if (!d->img)
 		return -1;
-	char *shown = strdup(d->path);
-	if (shown) {
-		free(d->img->path);
-		d->img->path = shown;
-	}
+	image_set_name(d->img, d->path);
 	d->mode = DEST_DEVICE;
 	d->existing = FMT_RAW;
 	return 0;
@@ -175,7 +152,7 @@ int dest_open(struct dest *d, const char *path, const struct dest_opts *o)
 		if (recovered)
 			sp_warn("%s: an interrupted update was rolled back to the previous image",
 				d->path);
-		d->existing = detect(d->real_path);
+		d->existing = image_detect_path(d->real_path);
 	}
 	if (o->create && o->create->backing)
 		return open_backing(d);
@@ -190,11 +167,7 @@ int dest_open(struct dest *d, const char *path, const struct dest_opts *o)
 		image_close(img);
 		return 0;
 	}
-	char *shown = strdup(d->path);
-	if (shown) {
-		free(img->path);
-		img->path = shown;
-	}
+	image_set_name(img, d->path);
 	d->img = img;
 	d->mode = DEST_UPDATE;
 	if (!o->inplace) {
@@ -258,20 +231,14 @@ struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool compare)
 	case DEST_OVERLAY:
 		backing_sink_init(&d->sink.backing, d->img, d->backing, st);
 		return &d->sink.backing.base;
-	case DEST_NEW:
-		image_sink_init(&d->sink.image, d->img, st, 1, 0);
-		break;
-	case DEST_UPDATE:
-		image_sink_init(&d->sink.image, d->img, st, 0, compare);
-		break;
-	case DEST_DEVICE:
-		if (d->o.target_is_zero)
-			image_sink_init(&d->sink.image, d->img, st, 1, 0);
-		else
-			image_sink_init(&d->sink.image, d->img, st, 0, compare);
-		break;
+	default: {
+		/* A new file, or a device the user vouches for, reads as zeros:
+		 * nothing to compare, zero ranges need no work. */
+		bool fresh = d->mode == DEST_NEW || (d->mode == DEST_DEVICE && d->o.target_is_zero);
+		image_sink_init(&d->sink.image, d->img, st, fresh, !fresh && compare);
+		return &d->sink.image.base;
 	}
-	return &d->sink.image.base;
+	}
 }
 
 int dest_commit(struct dest *d)

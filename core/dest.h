@@ -83,8 +83,9 @@ int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size);
 struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool compare);
 /* Make the written image final: flush, then rename a new file into place. */
 int dest_commit(struct dest *d);
-/* Give up: remove a temporary file; an image updated in place stays as
- * written so far. Keeps sp_errmsg(). */
+/* Give up, keeping sp_errmsg(): remove a temporary file, or roll an
+ * in-place update back through its undo journal (with --inplace, and on a
+ * device, what was written so far stays: a re-run completes it). */
 void dest_abort(struct dest *d);
 /* Free everything (after commit or abort, or after a failed dest_open). */
 void dest_close(struct dest *d);

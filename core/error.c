@@ -21,6 +21,17 @@ int sp_err_errno(const char *what)
 	return sp_err("%s: %s", what, strerror(e));
 }
 
+int sp_err_rename(const char *from, const char *to)
+{
+	size_t n = strlen(from);
+	if (strncmp(errbuf, from, n) != 0 || errbuf[n] != ':')
+		return -1;
+	char tmp[sizeof errbuf];
+	snprintf(tmp, sizeof tmp, "%s%s", to, errbuf + n);
+	memcpy(errbuf, tmp, sizeof errbuf);
+	return -1;
+}
+
 int sp_err_prefix(const char *who)
 {
 	size_t n = strlen(who);

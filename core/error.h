@@ -12,6 +12,11 @@ int sp_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int sp_err_errno(const char *what);
 /* Prefix the current message with "WHO: " unless it already starts so. */
 int sp_err_prefix(const char *who);
+/* A message about `from` ("FROM: why") now names `to` ("TO: why"): for
+ * errors from a file opened under another name (a temporary, a resolved
+ * backing path) than the one the user gave. Unchanged when it does not
+ * start with FROM. */
+int sp_err_rename(const char *from, const char *to);
 const char *sp_errmsg(void);
 void sp_err_clear(void);
 

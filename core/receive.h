@@ -37,7 +37,8 @@ struct receive_opts {
  * before the ACK. Otherwise write a new DST under a temporary name and
  * rename it only after END checked out and the data is flushed; then (not
  * a stream) answer ACK.
- * On failure a temporary file is gone (an image updated in place stays, a
+ * On failure a temporary file is gone (an image updated in place is rolled
+ * back by its undo journal; with --inplace or on a device it stays, a
  * consistent mix of old and new that a re-run completes), the sender got
  * an ERROR record when it can read one, and the return is -1, or
  * PROTO_PEER_FAILED when the sender reported the error. */

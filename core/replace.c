@@ -2,6 +2,7 @@
 
 #include "cleanup.h"
 #include "error.h"
+#include "paths.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -14,16 +15,6 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static char *dir_of(const char *path)
-{
-	char *copy = strdup(path);
-	if (!copy)
-		return NULL;
-	char *d = strdup(dirname(copy));
-	free(copy);
-	return d;
-}
 
 /* Temporaries are named .BASE.sparsync-XXXXXX and held under an exclusive
  * flock for as long as their run lives; the kernel drops the lock when the
@@ -41,8 +32,7 @@ static void sweep_stale(const char *dir, const char *base)
 		return;
 	struct dirent *e;
 	while ((e = readdir(dp))) {
-		if (strncmp(e->d_name, prefix, (size_t)n) != 0 || strlen(e->d_name) != (size_t)n + 6 ||
-		    strcmp(e->d_name + n, "undo") == 0)
+		if (strncmp(e->d_name, prefix, (size_t)n) != 0 || strlen(e->d_name) != (size_t)n + 6)
 			continue;
 		int fd = openat(dirfd(dp), e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 		if (fd < 0)
@@ -61,7 +51,7 @@ static void sweep_stale(const char *dir, const char *base)
 
 void replace_sweep(const char *final_path)
 {
-	char *copy = strdup(final_path), *dir = dir_of(final_path);
+	char *copy = strdup(final_path), *dir = path_dir(final_path);
 	if (copy && dir)
 		sweep_stale(dir, basename(copy));
 	free(copy);
@@ -74,7 +64,7 @@ void replace_sweep(const char *final_path)
  * could take it; only on such filesystems). */
 static int create_locked(char *tmpl, mode_t mode)
 {
-	char *dir = dir_of(tmpl);
+	char *dir = path_dir(tmpl);
 	int fd = dir ? open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, mode) : -1;
 	free(dir);
 	if (fd < 0) {
@@ -113,29 +103,14 @@ int replace_begin(struct replacement *d, const char *final_path, const char *sho
 	d->lock_fd = -1;
 	if (!shown)
 		shown = final_path;
-	char *copy = strdup(final_path);
-	char *dir = dir_of(final_path);
 	d->final_path = strdup(final_path);
 	d->shown_path = strdup(shown);
-	if (!copy || !dir || !d->final_path || !d->shown_path) {
-		free(copy);
-		free(dir);
+	d->tmp_path = path_sibling(final_path, "sparsync-XXXXXX");
+	if (!d->final_path || !d->shown_path || !d->tmp_path) {
 		replace_abort(d);
 		return sp_err("%s: out of memory", shown);
 	}
-	const char *base = basename(copy);
-	size_t len = strlen(dir) + strlen(base) + 32;
-	d->tmp_path = malloc(len);
-	if (!d->tmp_path) {
-		free(copy);
-		free(dir);
-		replace_abort(d);
-		return sp_err("%s: out of memory", shown);
-	}
-	snprintf(d->tmp_path, len, "%s/.%s.sparsync-XXXXXX", dir, base);
-	sweep_stale(dir, base);
-	free(copy);
-	free(dir);
+	replace_sweep(final_path);
 
 	mode_t mask = umask(0);
 	umask(mask);
@@ -157,30 +132,19 @@ int replace_begin(struct replacement *d, const char *final_path, const char *sho
 	d->lock_fd = fd; /* held until commit or abort: the temporary is ours */
 	d->cleanup_slot = cleanup_register(d->tmp_path);
 	d->img = image_create(d->tmp_path, fmt, size, opts);
+	/* Messages name the file the user asked for, not our temporary one. */
 	if (!d->img) {
-		/* Say which file the user named, not our temporary one. */
-		char msg[1024];
-		const char *m = sp_errmsg();
-		size_t tl = strlen(d->tmp_path);
-		if (strncmp(m, d->tmp_path, tl) == 0)
-			m += tl + (m[tl] == ':' ? 2 : 0);
-		snprintf(msg, sizeof msg, "%s", m);
-		sp_err("%s: %s", shown, msg);
+		sp_err_rename(d->tmp_path, shown);
 		replace_abort(d);
 		return -1;
 	}
-	/* Messages name the file the user asked for, not our temporary one. */
-	char *name = strdup(shown);
-	if (name) {
-		free(d->img->path);
-		d->img->path = name;
-	}
+	image_set_name(d->img, shown);
 	return 0;
 }
 
 static void replace_free(struct replacement *d)
 {
-	if (d->lock_fd > 0)
+	if (d->lock_fd >= 0)
 		close(d->lock_fd);
 	d->lock_fd = -1;
 	cleanup_forget(d->cleanup_slot);
@@ -204,16 +168,7 @@ int replace_commit(struct replacement *d)
 		replace_abort(d);
 		return -1;
 	}
-	/* The rename is only durable once the directory is. */
-	char *dir = dir_of(d->final_path);
-	if (dir) {
-		int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (fd >= 0) {
-			fsync(fd);
-			close(fd);
-		}
-		free(dir);
-	}
+	path_sync_dir(d->final_path); /* the rename is durable only then */
 	replace_free(d);
 	return 0;
 }

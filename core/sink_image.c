@@ -65,11 +65,6 @@ static int zero_changed(struct image_sink *s, uint64_t off, uint64_t len)
 		struct extent e;
 		if ((rc = image_extent(s->img, off, &e)) < 0)
 			break;
-		if (e.length == 0 || e.offset != off) {
-			rc = sp_err("%s: extent map made no progress at offset %llu", s->img->path,
-				    (unsigned long long)off);
-			break;
-		}
 		uint64_t stop = e.length < end - off ? off + e.length : end;
 		if (e.kind != EXTENT_DATA) {
 			off = stop;

@@ -33,9 +33,6 @@ static int walk_data(struct image *img, extent_fn fn, void *ctx)
 		struct extent e;
 		if (image_extent(img, pos, &e) < 0)
 			return -1;
-		if (e.length == 0 || e.offset != pos)
-			return sp_err("%s: extent map made no progress at offset %llu", img->path,
-				      (unsigned long long)pos);
 		uint64_t end = e.length > img->size - pos ? img->size : pos + e.length;
 		if (e.kind == EXTENT_DATA) {
 			int rc = fn(ctx, pos, end);

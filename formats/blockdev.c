@@ -31,10 +31,16 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+/* The kernel's ways to zero a device range, cheapest first. */
+static const int zero_modes[] = {
+	FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, /* write-zeroes with unmap, no fallback */
+	FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, /* write-zeroes, the kernel may write zeros */
+};
+#define N_ZERO_MODES (sizeof zero_modes / sizeof zero_modes[0])
+
 struct blockdev {
 	uint32_t sector;      /* logical block size: fallocate needs this alignment */
-	bool no_punch;        /* PUNCH_HOLE refused: the device cannot unmap-zero */
-	bool no_zero_range;   /* ZERO_RANGE refused too: write zeros ourselves */
+	unsigned first_mode;  /* zero_modes before this one were refused by the device */
 };
 
 static int bd_extent(struct image *img, uint64_t off, struct extent *e)
@@ -47,9 +53,8 @@ static int bd_extent(struct image *img, uint64_t off, struct extent *e)
 
 static int bd_pread(struct image *img, void *buf, size_t len, uint64_t off)
 {
-	if (full_pread(img->fd, buf, len, off, img->path) < 0)
+	if (image_fd_pread(img, buf, len, off) < 0)
 		return -1;
-	__atomic_add_fetch(&img->bytes_read, len, __ATOMIC_RELAXED);
 	/* Read once, never again by us: keep the host's cache for its VMs. */
 	posix_fadvise(img->fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
 	return 0;
@@ -69,25 +74,13 @@ static int bd_pwrite(struct image *img, const void *buf, size_t len, uint64_t of
  * must write zeros itself. */
 static int zero_aligned(struct image *img, struct blockdev *b, uint64_t off, uint64_t len)
 {
-	if (!b->no_punch) {
-		if (fallocate(img->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-			      (off_t)len) == 0)
+	for (; b->first_mode < N_ZERO_MODES; b->first_mode++) {
+		if (fallocate(img->fd, zero_modes[b->first_mode], (off_t)off, (off_t)len) == 0)
 			return 0;
 		if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
 			return sp_err("%s: zeroing %llu bytes at offset %llu: %s", img->path,
 				      (unsigned long long)len, (unsigned long long)off,
 				      strerror(errno));
-		b->no_punch = true;
-	}
-	if (!b->no_zero_range) {
-		if (fallocate(img->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-			      (off_t)len) == 0)
-			return 0;
-		if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
-			return sp_err("%s: zeroing %llu bytes at offset %llu: %s", img->path,
-				      (unsigned long long)len, (unsigned long long)off,
-				      strerror(errno));
-		b->no_zero_range = true;
 	}
 	return 1;
 }
@@ -152,7 +145,6 @@ struct image *blockdev_open(const char *path, int fd, bool writable)
 	img->priv = b;
 	img->size = size;
 	img->writable = writable;
-	img->is_device = true;
 	img->alloc_unknown = true;
 	if (writable)
 		image_write_behind(img);

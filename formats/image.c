@@ -39,6 +39,25 @@ enum image_format image_detect_fd(int fd)
 	return FMT_RAW;
 }
 
+enum image_format image_detect_path(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return FMT_AUTO;
+	enum image_format f = image_detect_fd(fd);
+	close(fd);
+	return f;
+}
+
+void image_set_name(struct image *img, const char *name)
+{
+	char *copy = strdup(name);
+	if (copy) {
+		free(img->path);
+		img->path = copy;
+	}
+}
+
 /* Why a file that is neither a regular file nor a block device cannot be
  * an image: NULL when it can. */
 const char *image_unusable_kind(mode_t mode)
@@ -151,6 +170,16 @@ char *backing_resolve(const char *overlay_path, const char *backing)
 	memcpy(p, overlay_path, dlen);
 	memcpy(p + dlen, backing, nlen + 1);
 	return p;
+}
+
+int image_extent(struct image *i, uint64_t off, struct extent *e)
+{
+	if (i->ops->extent(i, off, e) < 0)
+		return -1;
+	if (e->length == 0 || e->offset != off)
+		return sp_err("%s: extent map made no progress at offset %llu", i->path,
+			      (unsigned long long)off);
+	return 0;
 }
 
 int image_resize(struct image *i, uint64_t new_size)
@@ -268,6 +297,14 @@ int image_write_data(struct image *img, const void *buf, size_t len, uint64_t of
 	if (image_protect(img, off, len) < 0 || full_pwrite(img->fd, buf, len, off, img->path) < 0)
 		return -1;
 	writeback_note(img->wb, img->fd, off, len);
+	return 0;
+}
+
+int image_fd_pread(struct image *img, void *buf, size_t len, uint64_t off)
+{
+	if (full_pread(img->fd, buf, len, off, img->path) < 0)
+		return -1;
+	__atomic_add_fetch(&img->bytes_read, len, __ATOMIC_RELAXED);
 	return 0;
 }
 

@@ -64,7 +64,6 @@ struct image {
 	uint64_t size;          /* virtual size in bytes */
 	uint32_t granularity;   /* allocation unit: qcow2 cluster, raw 4096 */
 	bool writable;
-	bool is_device;         /* a block device: written in place, never resized */
 	/* No allocation map: extents say "data" everywhere, and only reading
 	 * tells what is zero (block devices). */
 	bool alloc_unknown;
@@ -84,6 +83,10 @@ const char *image_format_name(enum image_format f);
 enum image_format image_format_parse(const char *s);
 /* Sniff the magic of an open fd: FMT_QCOW2 or FMT_RAW. */
 enum image_format image_detect_fd(int fd);
+/* The same for a path; FMT_AUTO when it cannot be opened. */
+enum image_format image_detect_path(const char *path);
+/* Messages about img name `name` (the path the user gave) from now on. */
+void image_set_name(struct image *img, const char *name);
 
 /* Opens image files and block devices (a device opened to write is opened
  * O_EXCL: a mounted filesystem or a device in use is refused). Anything
@@ -117,15 +120,17 @@ int full_pwrite(int fd, const void *buf, size_t len, uint64_t off, const char *p
 /* For images opened to write: start write-behind (a hint; silently none
  * when out of memory). image_free ends it. */
 void image_write_behind(struct image *img);
-/* full_pwrite of guest data to img's file at host offset off, then the
- * write-behind note. Metadata goes through full_pwrite alone. */
+/* full_pwrite of guest data to img's file at host offset off (after the
+ * undo journal, if any, saved what it overwrites), then the write-behind
+ * note. Metadata goes through image_write_meta. */
 int image_write_data(struct image *img, const void *buf, size_t len, uint64_t off);
 /* full_pwrite of metadata (qcow2 tables, header) to img's file, after the
  * undo journal (if any) saved what it overwrites. */
 int image_write_meta(struct image *img, const void *buf, size_t len, uint64_t off);
 /* For images that are one plain file descriptor (raw files, devices):
- * fsync when writable; close the fd and free priv and img; write zeros
+ * read exactly len bytes, counted in bytes_read; fsync when writable; close the fd and free priv and img; write zeros
  * over a range (after image_protect by the caller). */
+int image_fd_pread(struct image *img, void *buf, size_t len, uint64_t off);
 int image_fd_flush(struct image *img);
 int image_fd_close(struct image *img);
 int image_write_zeros(struct image *img, uint64_t off, uint64_t len);
@@ -133,10 +138,9 @@ int image_write_zeros(struct image *img, uint64_t off, uint64_t len);
  * off: let the undo journal save it first (nothing without one). */
 int image_protect(struct image *img, uint64_t off, uint64_t len);
 
-static inline int image_extent(struct image *i, uint64_t off, struct extent *e)
-{
-	return i->ops->extent(i, off, e);
-}
+/* The extent at off (off < size), checked to start at off and to be
+ * non-empty, so no caller's walk can loop on a broken extent map. */
+int image_extent(struct image *i, uint64_t off, struct extent *e);
 static inline int image_pread(struct image *i, void *buf, size_t len, uint64_t off)
 {
 	return i->ops->pread(i, buf, len, off);

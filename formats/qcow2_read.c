@@ -315,9 +315,6 @@ static int q_extent(struct image *img, uint64_t off, struct extent *ext)
 	struct extent be;
 	if (image_extent(q->backing, off, &be) < 0)
 		return -1;
-	if (be.offset != off || be.length == 0)
-		return sp_err("%s: backing extent map made no progress at offset %" PRIu64,
-			      q->backing->path, off);
 	ext->length = min64(ext->length, min64(be.length, q->backing->size - off));
 	ext->kind = be.kind == EXTENT_DATA ? EXTENT_DATA : EXTENT_HOLE;
 	return 0;

@@ -52,14 +52,6 @@ static int raw_extent(struct image *img, uint64_t off, struct extent *e)
 	return 0;
 }
 
-static int raw_pread(struct image *img, void *buf, size_t len, uint64_t off)
-{
-	if (full_pread(img->fd, buf, len, off, img->path) < 0)
-		return -1;
-	__atomic_add_fetch(&img->bytes_read, len, __ATOMIC_RELAXED);
-	return 0;
-}
-
 /* The copy's workers read blocks synchronously; asking for blocks early
  * keeps the disk busy while they compress, and starts the jump to the
  * next extent that the kernel's read-ahead cannot guess (copy_opts). */
@@ -106,7 +98,7 @@ static int raw_resize(struct image *img, uint64_t size)
 static const struct image_ops raw_ops = {
 	.name = "raw",
 	.extent = raw_extent,
-	.pread = raw_pread,
+	.pread = image_fd_pread,
 	.pwrite = raw_pwrite,
 	.zero = raw_zero,
 	.resize = raw_resize,

@@ -3,11 +3,11 @@
 #include "image.h"
 
 #include "../core/error.h"
+#include "../core/paths.h"
 #include "../core/zero.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <linux/falloc.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -22,9 +22,10 @@
  * only ever replayed beside the file it was made for):
  *   header, 64 bytes: magic "SPSUNDO1", version, orig_size, st_dev,
  *                     st_ino, reserved, XXH64 of the bytes before it
- *   records:          32-byte head {magic, kind, off, len, XXH64 of the
- *                     head's first 24 bytes and the data} + len bytes of
- *                     data for a DATA record (none for ZERO)
+ *   records:          32-byte head {magic, kind, off, len, checksum: XXH64
+ *                     of the data seeded with the XXH64 of the head's
+ *                     first 24 bytes} + len bytes of data for a DATA
+ *                     record (none for ZERO)
  * Records are appended under a lock and each protect ends in fdatasync, so
  * a torn record can only be one whose destination write never happened:
  * replay stops at the first record that does not check out. */
@@ -48,34 +49,18 @@ struct jheader {
 
 char *undo_journal_path(const char *path)
 {
-	char *a = strdup(path), *b = strdup(path);
-	char *out = NULL;
-	if (a && b) {
-		const char *dir = dirname(a), *base = basename(b);
-		size_t n = strlen(dir) + strlen(base) + 32;
-		if ((out = malloc(n)))
-			snprintf(out, n, "%s/.%s.sparsync-undo", dir, base);
-	}
-	free(a);
-	free(b);
-	return out;
-}
-
-static void fsync_dir_of(const char *path)
-{
-	char *a = strdup(path);
-	if (!a)
-		return;
-	int fd = open(dirname(a), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd >= 0) {
-		fsync(fd);
-		close(fd);
-	}
-	free(a);
+	return path_sibling(path, "sparsync-undo");
 }
 
 static void put64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
 static uint64_t get64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* A record's checksum: its head's first 24 bytes, then its data (if any). */
+static uint64_t record_sum(const unsigned char *head, const unsigned char *data, size_t len)
+{
+	uint64_t h = XXH64(head, 24, 0);
+	return data ? XXH64(data, len, h) : h;
+}
 
 static void encode_header(unsigned char *h, const struct jheader *jh)
 {
@@ -103,11 +88,11 @@ static bool decode_header(const unsigned char *h, struct jheader *jh)
  * or take one that a live run is still setting up. */
 static int create_journal(struct undo *u, const unsigned char *hdr)
 {
-	char *a = strdup(u->jpath);
-	if (!a)
+	char *dir = path_dir(u->jpath);
+	if (!dir)
 		return sp_err("%s: out of memory", u->shown);
-	u->jfd = open(dirname(a), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	free(a);
+	u->jfd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	free(dir);
 	if (u->jfd < 0)
 		return sp_err("%s: cannot create the undo journal beside it: %s", u->shown,
 			      strerror(errno));
@@ -123,7 +108,7 @@ static int create_journal(struct undo *u, const unsigned char *hdr)
 		return sp_err("%s: cannot create the undo journal %s: %s", u->shown, u->jpath,
 			      strerror(errno));
 	}
-	fsync_dir_of(u->jpath);
+	path_sync_dir(u->jpath);
 	u->jend = HDR_SIZE;
 	return 0;
 }
@@ -203,15 +188,7 @@ static int append_record(struct undo *u, int kind, uint64_t off, const unsigned 
 	memcpy(head + 4, &k, 4);
 	put64(head + 8, off);
 	put64(head + 16, len);
-	XXH64_state_t *h = XXH64_createState();
-	if (!h)
-		return sp_err("%s: out of memory", u->shown);
-	XXH64_reset(h, 0);
-	XXH64_update(h, head, 24);
-	if (kind == REC_DATA)
-		XXH64_update(h, data, len);
-	put64(head + 24, XXH64_digest(h));
-	XXH64_freeState(h);
+	put64(head + 24, record_sum(head, kind == REC_DATA ? data : NULL, len));
 	pthread_mutex_lock(&u->lock);
 	uint64_t at = u->jend;
 	int rc = full_pwrite(u->jfd, head, REC_HEAD, at, u->jpath);
@@ -257,7 +234,7 @@ int undo_commit(struct undo *u)
 		rc = sp_err("%s: removing the undo journal %s: %s", u->shown, u->jpath,
 			    strerror(errno));
 	if (rc == 0)
-		fsync_dir_of(u->jpath);
+		path_sync_dir(u->jpath);
 	undo_free(u);
 	return rc;
 }
@@ -315,18 +292,7 @@ static int replay(int jfd, int dfd, const struct jheader *jh, const char *shown)
 			rc = -1;
 			break;
 		}
-		XXH64_state_t *h = XXH64_createState();
-		if (!h) {
-			rc = sp_err("%s: out of memory", shown);
-			break;
-		}
-		XXH64_reset(h, 0);
-		XXH64_update(h, head, 24);
-		if (body)
-			XXH64_update(h, buf, (size_t)body);
-		bool ok = XXH64_digest(h) == get64(head + 24);
-		XXH64_freeState(h);
-		if (!ok)
+		if (record_sum(head, body ? buf : NULL, (size_t)body) != get64(head + 24))
 			break;
 		if (n == cap) {
 			size_t nc = cap ? cap * 2 : 256;
@@ -364,7 +330,7 @@ int undo_rollback(struct undo *u)
 	struct jheader jh = { .orig_size = u->orig_size };
 	int rc = replay(u->jfd, u->dfd, &jh, u->shown);
 	if (rc == 0 && unlink(u->jpath) == 0)
-		fsync_dir_of(u->jpath);
+		path_sync_dir(u->jpath);
 	if (rc < 0)
 		sp_warn("%s: could not put the old image back (%s); it stays marked incomplete "
 			"by %s: run 'sparsync recover %s'", u->shown, sp_errmsg(), u->jpath, u->shown);
@@ -404,7 +370,7 @@ int undo_recover(const char *path, const char *shown, bool *recovered)
 		if (unlink(jpath) < 0)
 			rc = sp_err("%s: removing %s: %s", shown, jpath, strerror(errno));
 		else
-			fsync_dir_of(jpath);
+			path_sync_dir(jpath);
 		*recovered = rc == 0;
 	}
 	if (dfd >= 0)

@@ -1,0 +1,43 @@
+#include "paths.h"
+
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+char *path_dir(const char *path)
+{
+	char *copy = strdup(path);
+	if (!copy)
+		return NULL;
+	char *d = strdup(dirname(copy));
+	free(copy);
+	return d;
+}
+
+char *path_sibling(const char *path, const char *suffix)
+{
+	char *dir = path_dir(path), *copy = strdup(path), *out = NULL;
+	if (dir && copy) {
+		const char *base = basename(copy);
+		size_t n = strlen(dir) + strlen(base) + strlen(suffix) + 4;
+		if ((out = malloc(n)))
+			snprintf(out, n, "%s/.%s.%s", dir, base, suffix);
+	}
+	free(dir);
+	free(copy);
+	return out;
+}
+
+void path_sync_dir(const char *path)
+{
+	char *dir = path_dir(path);
+	int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	if (fd >= 0) {
+		fsync(fd);
+		close(fd);
+	}
+	free(dir);
+}
