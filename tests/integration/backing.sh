@@ -77,6 +77,8 @@ fi
 
 # Errors: a missing backing file, an overlay named like its own backing.
 check_fails "missing backing file" "$SPARSYNC" copy -q --backing nope.qcow2 night3.raw backups/x.qcow2
+said "missing backing file: names it and where it looked" \
+	'backing file nope\.qcow2: No such file or directory \(looked for backups/nope\.qcow2\)' 
 [ -e backups/x.qcow2 ] && fail "missing backing left backups/x.qcow2"
 check_fails "overlay over its own backing" "$SPARSYNC" copy -q --backing night2.qcow2 night3.raw backups/night2.qcow2
 restores "night2 untouched by the refused copy" backups/night2.qcow2 night2.raw

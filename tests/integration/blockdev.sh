@@ -151,6 +151,7 @@ m=json.load(open(sys.argv[1]))
 z=sum(e["length"] for e in m if not e["data"])
 sys.exit(0 if z >= 30 << 20 else 1)' "$T/map.json"
 check "verify image against device (its tail reads as zeros)" "$SPARSYNC" verify "$src" "$D2"
+check "verify with the device as SRC" "$SPARSYNC" verify "$D2" "$src"
 check_fails "verify: a device whose tail holds data is not the image" "$SPARSYNC" verify "$src" "$D1"
 put_random "$T/dev2.img" 4096 $((20 * MiB))
 check_fails "verify notices a device that differs" "$SPARSYNC" verify "$src" "$D2"
@@ -159,6 +160,10 @@ check_fails "verify notices a device that differs" "$SPARSYNC" verify "$src" "$D
 check "stream out" sh -c "'$SPARSYNC' copy -q '$src' - >'$T/s.sps'"
 check "stream into a device" sh -c "'$SPARSYNC' copy -q - '$D2' <'$T/s.sps'"
 check "stream into a device: exact, zeros included" cmp -n $((48 * MiB)) "$src" "$D2"
+check "stream out of a device" sh -c "'$SPARSYNC' copy -q '$D2' - >'$T/d.sps'"
+check "stream of a device restores it" sh -c "'$SPARSYNC' copy -q - '$T/d2.raw' <'$T/d.sps' && cmp '$D2' '$T/d2.raw'"
+check "the device stream carries its data, not its zeros" \
+	test "$(stat -c %s "$T/d.sps")" -lt $((8 * MiB))
 
 # --- over ssh: push to a remote device, pull from one ---
 if sshd_start; then

@@ -58,6 +58,14 @@ else
 	fail "the stalled receiver never made its temporary"
 	kill -9 $stalled 2>/dev/null
 fi
+# A shrink killed mid-rewrite leaves one; the next shrink removes it.
+"$SPARSYNC" copy -q "$T/base.raw" "$T/sh.qcow2"
+SPARSYNC_FAULT_KILL_AT=2 "$TOP/sparsync-faults" shrink "$T/sh.qcow2" 2>/dev/null
+check "a killed shrink left a temporary" sh -c "ls -A '$T' | grep -q '^\.sh\.qcow2\.sparsync-'"
+check "the killed shrink left the image intact" \
+	sh -c "qemu-img check -q '$T/sh.qcow2' && qemu-img compare -q -f qcow2 -F raw '$T/sh.qcow2' '$T/base.raw'"
+check "the next shrink succeeds" "$SPARSYNC" shrink "$T/sh.qcow2"
+check "and removes the stale temporary" sh -c "! ls -A '$T' | grep -q '^\.sh\.qcow2\.sparsync-'"
 # A kill -9 mid-copy (the fault build) leaves one; the next run removes it.
 SPARSYNC_FAULT_KILL_AT=1 "$TOP/sparsync-faults" copy -q "$T/base.raw" "$T/e.raw" 2>/dev/null
 check "kill -9 left a temporary" sh -c "ls -A '$T' | grep -q '^\.e\.raw\.sparsync-'"

@@ -189,23 +189,28 @@ before=$(region_sum "$R/dst.raw")
 "$SPARSYNC" copy $OPTS --compress none --bwlimit 4M "$src" "$H:$R/dst.raw" >"$T/killed.out" 2>&1 &
 pid=$!
 # Kill it once the destination has started to change.
+changed=no
 for i in $(seq 1 600); do
-	[ "$(region_sum "$R/dst.raw")" != "$before" ] && break
+	[ "$(region_sum "$R/dst.raw")" != "$before" ] && { changed=yes; break; }
 	kill -0 $pid 2>/dev/null || break
 	sleep 0.1
 done
 sleep 1 # a few MiB more arrive
 kill -KILL $pid 2>/dev/null
 wait $pid 2>/dev/null
+check "the push had changed part of the destination when it was killed" test $changed = yes
 # The remote half notices the closed connection and stops; wait for it.
 for i in $(seq 1 300); do
 	pgrep -f -- "--receive $R/dst.raw" >/dev/null || pgrep -f -- "--receive '$R/dst.raw'" >/dev/null || break
 	sleep 0.1
 done
 # The remote serve, its client gone, rolls the destination back (undo
-# journal): the killed push leaves yesterday's image, not a mix.
+# journal): the killed push leaves yesterday's image, not a mix. (A slow
+# serve, under valgrind, may already hold the whole stream when the
+# client dies and commit it: then the new image.)
 for i in $(seq 1 100); do [ -e "$R/.dst.raw.sparsync-undo" ] || break; sleep 0.1; done
-check "the killed push left the old image (rolled back)" test "$(region_sum "$R/dst.raw")" = "$before"
+check "the killed push left the old image (rolled back) or the new one" \
+	sh -c "test '$(region_sum "$R/dst.raw")' = '$before' || cmp -s '$src' '$R/dst.raw'"
 check "and no journal once the serve is done" test ! -e "$R/.dst.raw.sparsync-undo"
 check "re-run after SIGKILL" $TO "$SPARSYNC" copy --json $OPTS "$src" "$H:$R/dst.raw"
 below "re-run sends the change once, compressed off" bytes_sent $((CHG + CHG / 8))
