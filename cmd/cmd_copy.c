@@ -27,6 +27,8 @@ static const char copy_usage[] =
 	"  --whole                 rewrite DST completely instead of syncing it\n"
 	"  --inplace               sync an existing DST without the undo journal: faster,\n"
 	"                          but an interrupted sync leaves a mix of old and new\n"
+	"  --no-space-check        do not refuse a copy that DST's filesystem seems too\n"
+	"                          full for\n"
 	"  --target-is-zero        DST is a block device that already reads as zeros:\n"
 	"                          skip zeroing the source's holes there\n"
 	"  -j N                    worker threads (default: number of cores)\n"
@@ -47,7 +49,7 @@ static const char copy_usage[] =
 	"  -q, --quiet             no progress, no summary\n";
 
 enum {
-	OPT_CLUSTER = OPT_CLI_NEXT, OPT_BACKING, OPT_WHOLE, OPT_TARGET_ZERO, OPT_INPLACE, OPT_JSON,
+	OPT_CLUSTER = OPT_CLI_NEXT, OPT_BACKING, OPT_WHOLE, OPT_TARGET_ZERO, OPT_INPLACE, OPT_NO_SPACE, OPT_JSON,
 	OPT_COMPRESS, OPT_BWLIMIT,
 };
 
@@ -59,6 +61,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		{ "whole", no_argument, NULL, OPT_WHOLE },
 		{ "target-is-zero", no_argument, NULL, OPT_TARGET_ZERO },
 		{ "inplace", no_argument, NULL, OPT_INPLACE },
+		{ "no-space-check", no_argument, NULL, OPT_NO_SPACE },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "progress", no_argument, NULL, 'P' },
 		{ "quiet", no_argument, NULL, 'q' },
@@ -97,6 +100,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		case OPT_WHOLE: cli->whole = true; break;
 		case OPT_TARGET_ZERO: cli->target_is_zero = true; break;
 		case OPT_INPLACE: cli->inplace = true; break;
+		case OPT_NO_SPACE: cli->no_space_check = true; break;
 		case OPT_JSON: cli->json = true; break;
 		case 'P': cli->progress = PROGRESS_FORCE; break;
 		case 'q': cli->quiet = true; cli->progress = PROGRESS_OFF; break;

@@ -38,12 +38,16 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 	struct dest_opts dop = {
 		.out_fmt = cli->out_fmt, .create = &cli->create, .update = !cli->whole,
 		.target_is_zero = cli->target_is_zero, .inplace = cli->inplace,
+		.space_check = !cli->no_space_check,
 	};
 	struct dest d;
 	int rc = dest_open(&d, dpath, &dop);
+	uint64_t data = DEST_DATA_UNKNOWN;
+	if (rc == 0 && dest_wants_data_size(&d))
+		rc = image_data_bytes(src, &data);
 	if (rc == 0) {
 		st->destination = dest_how(&d);
-		rc = dest_begin(&d, src->format, src->size);
+		rc = dest_begin(&d, src->format, src->size, data);
 	}
 	if (rc == 0) {
 		struct copy_opts o;

@@ -108,6 +108,8 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 			cl_opt(&c, "--target-is-zero", NULL);
 		if (cli->inplace)
 			cl_opt(&c, "--inplace", NULL);
+		if (cli->no_space_check)
+			cl_opt(&c, "--no-space-check", NULL);
 		if (cli->create.backing)
 			cl_opt(&c, "--backing", cli->create.backing);
 		if (cli->out_fmt != FMT_AUTO)
@@ -275,7 +277,7 @@ static int pull(const struct copy_cli *cli, struct sp_stats *st)
 	struct receive_opts ro = {
 		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
 		.whole = cli->whole, .target_is_zero = cli->target_is_zero,
-		.inplace = cli->inplace, .sync = true,
+		.inplace = cli->inplace, .no_space_check = cli->no_space_check, .sync = true,
 		.workers = cli->workers, .progress = cli->progress,
 	};
 	int rc = receive_run(t, &ro, st);
@@ -313,7 +315,8 @@ static int stream_in(const struct copy_cli *cli, struct sp_stats *st)
 	transport_set_timeout(t, cli->timeout_s);
 	struct receive_opts ro = {
 		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
-		.stream = true, .target_is_zero = cli->target_is_zero, .progress = cli->progress,
+		.stream = true, .target_is_zero = cli->target_is_zero,
+		.no_space_check = cli->no_space_check, .progress = cli->progress,
 	};
 	int rc = receive_run(t, &ro, st);
 	transport_close(t, NULL);

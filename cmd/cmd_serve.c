@@ -22,7 +22,7 @@
 static const char serve_usage[] =
 	"usage: sparsync serve --receive PATH [-O raw|qcow2] [--cluster-size SIZE] [-c zstd|zlib]\n"
 	"                      [--sync] [--backing FILE] [--whole] [--target-is-zero]\n"
-	"                      [--inplace]\n"
+	"                      [--inplace] [--no-space-check]\n"
 	"       sparsync serve --send PATH [-f raw|qcow2] [--compress C] [--bwlimit RATE]\n"
 	"       sparsync serve --hashes PATH [-f raw|qcow2] [--hash-unit SIZE]\n"
 	"Each also takes -j N and --timeout SECONDS.\n"
@@ -33,6 +33,7 @@ static const char serve_usage[] =
 enum {
 	OPT_RECEIVE = 256, OPT_SEND, OPT_HASHES, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT,
 	OPT_BACKING, OPT_WHOLE, OPT_HASH_UNIT, OPT_SYNC, OPT_TIMEOUT, OPT_TARGET_ZERO, OPT_INPLACE,
+	OPT_NO_SPACE,
 };
 
 struct serve_args {
@@ -41,7 +42,7 @@ struct serve_args {
 	struct image_create_opts create;
 	struct codec_choice codec;
 	uint64_t bwlimit;
-	bool whole, sync, target_is_zero, inplace;
+	bool whole, sync, target_is_zero, inplace, no_space_check;
 	uint32_t hash_unit;
 	unsigned workers;
 	unsigned timeout_s;
@@ -60,6 +61,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		{ "whole", no_argument, NULL, OPT_WHOLE },
 		{ "target-is-zero", no_argument, NULL, OPT_TARGET_ZERO },
 		{ "inplace", no_argument, NULL, OPT_INPLACE },
+		{ "no-space-check", no_argument, NULL, OPT_NO_SPACE },
 		{ "sync", no_argument, NULL, OPT_SYNC },
 		{ "hash-unit", required_argument, NULL, OPT_HASH_UNIT },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
@@ -80,6 +82,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		case OPT_WHOLE: a->whole = true; break;
 		case OPT_TARGET_ZERO: a->target_is_zero = true; break;
 		case OPT_INPLACE: a->inplace = true; break;
+		case OPT_NO_SPACE: a->no_space_check = true; break;
 		case OPT_SYNC: a->sync = true; break;
 		case OPT_HASH_UNIT:
 			if (parse_size(optarg, &v) < 0 || v < SYNC_UNIT_MIN || v > SYNC_UNIT_MAX ||
@@ -192,7 +195,7 @@ int cmd_serve(int argc, char **argv)
 		struct receive_opts ro = {
 			.dst_path = a.receive, .out_fmt = a.out_fmt, .create = &a.create,
 			.whole = a.whole, .target_is_zero = a.target_is_zero, .inplace = a.inplace,
-			.sync = a.sync,
+			.no_space_check = a.no_space_check, .sync = a.sync,
 			.workers = a.workers,
 			.progress = PROGRESS_OFF,
 		};

@@ -18,6 +18,7 @@ struct copy_cli {
 	bool json, whole;
 	bool target_is_zero;        /* --target-is-zero: a device DST reads as zeros */
 	bool inplace;               /* --inplace: update DST without the undo journal */
+	bool no_space_check;        /* --no-space-check */
 	enum progress_mode progress;
 	bool quiet;
 	unsigned workers;           /* -j */

@@ -1,6 +1,7 @@
 #include "dest.h"
 
 #include "error.h"
+#include "paths.h"
 #include "../formats/qcow2.h"
 #include "../formats/undo.h"
 
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 /* Where DST stands: sets d->real_path and *sb (zeroed mode when absent). */
@@ -197,8 +199,48 @@ static int human_size_err(const struct dest *d, uint64_t have, uint64_t need)
 		      (unsigned long long)need);
 }
 
-int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size)
+bool dest_wants_data_size(const struct dest *d)
 {
+	return d->o.space_check && d->mode != DEST_DEVICE;
+}
+
+/* Refuse early, before a byte is written, when the filesystem holding DST
+ * cannot take what the copy will write: the source's data (plus qcow2
+ * tables: at most 8 bytes of L2 and 2 of refcount per 512-byte cluster,
+ * 1/51 of it, and a MiB of headers). An update needs room only for data
+ * beyond what DST already allocates; its undo journal grows with the
+ * change, which is not known before comparing, and running out of room
+ * there rolls the update back. */
+static int check_space(const struct dest *d, uint64_t data)
+{
+	if (!dest_wants_data_size(d) || data == DEST_DATA_UNKNOWN)
+		return 0;
+	uint64_t need = data + data / 51 + (1u << 20);
+	if (d->mode == DEST_UPDATE) {
+		struct stat st;
+		uint64_t have = fstat(d->img->fd, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
+		need = data > have ? data - have : 0;
+	}
+	char *dir = path_dir(d->real_path);
+	struct statvfs vfs;
+	int ok = dir && statvfs(dir, &vfs) == 0;
+	free(dir);
+	if (!ok || need == 0)
+		return 0; /* no answer: let the write tell */
+	/* root may use the blocks the filesystem reserves for it */
+	uint64_t avail = (uint64_t)(geteuid() == 0 ? vfs.f_bfree : vfs.f_bavail) * vfs.f_frsize;
+	if (avail >= need)
+		return 0;
+	char a[32], b[32];
+	return sp_err("%s: not enough free space: the copy needs about %s, the filesystem holding "
+		      "it has %s free (--no-space-check to try anyway)", d->path,
+		      human_bytes(need, a, sizeof a), human_bytes(avail, b, sizeof b));
+}
+
+int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size, uint64_t data)
+{
+	if (check_space(d, data) < 0)
+		return -1;
 	switch (d->mode) {
 	case DEST_DEVICE:
 		/* Never truncated: a larger device keeps its tail as it is. */

@@ -47,7 +47,13 @@ struct dest_opts {
 	/* --inplace: update an existing file without the undo journal (faster,
 	 * and an interruption leaves a mix of old and new). */
 	bool inplace;
+	/* --no-space-check clears it: refuse early when DST's filesystem
+	 * cannot hold what the copy will write. */
+	bool space_check;
 };
+
+/* dest_begin's data argument when the source's data size is not known. */
+#define DEST_DATA_UNKNOWN UINT64_MAX
 
 struct dest {
 	char *path;                   /* as the user named it: every message */
@@ -72,10 +78,15 @@ int dest_open(struct dest *d, const char *path, const struct dest_opts *o);
  * image or device, or the backing image of a new overlay); NULL when DST
  * starts out reading as zeros everywhere. */
 struct image *dest_known_image(const struct dest *d);
-/* The source is size bytes of format src_fmt (FMT_AUTO = unknown): create
- * the new file, resize the updated one, or check that the device is large
- * enough. Nothing has been written to DST before this returns 0. */
-int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size);
+/* Whether dest_begin wants the source's data size (a free-space check
+ * will be made): the caller may skip walking the source's extents. */
+bool dest_wants_data_size(const struct dest *d);
+/* The source is size bytes of format src_fmt (FMT_AUTO = unknown) holding
+ * data bytes of data (DEST_DATA_UNKNOWN: not known, no space check):
+ * check that DST's filesystem has room for what will be written, then
+ * create the new file, resize the updated one, or check that the device is
+ * large enough. Nothing has been written to DST before this returns 0. */
+int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size, uint64_t data);
 /* The sink that writes DST. compare: DST may hold data (an update or a
  * device): read each block first and write only what differs (the local
  * copy); without it every block delivered is written (the receiver, whose

@@ -193,14 +193,18 @@ static size_t seal(uint8_t *out, uint8_t type, uint32_t body_len)
 	return PROTO_FRAME_SIZE + body_len;
 }
 
-size_t proto_encode_image(uint8_t out[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE], const struct proto_image *im)
+size_t proto_encode_image(uint8_t out[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE_DATA],
+			  const struct proto_image *im)
 {
 	uint8_t *b = out + PROTO_FRAME_SIZE;
-	memset(b, 0, PROTO_IMAGE_SIZE);
+	uint32_t n = im->has_data ? PROTO_IMAGE_SIZE_DATA : PROTO_IMAGE_SIZE;
+	memset(b, 0, n);
 	put64(b, im->size);
 	put32(b + 8, im->block_size);
 	b[12] = im->format;
-	return seal(out, REC_IMAGE, PROTO_IMAGE_SIZE);
+	if (im->has_data)
+		put64(b + 16, im->data);
+	return seal(out, REC_IMAGE, n);
 }
 
 size_t proto_seal_data(uint8_t *rec, const struct proto_data *d)
@@ -326,7 +330,9 @@ int proto_frame_decode(const struct proto_session *s, const uint8_t hdr[PROTO_FR
 
 	size_t want = 0;
 	switch (t) {
-	case REC_IMAGE: want = PROTO_IMAGE_SIZE; break;
+	case REC_IMAGE:
+		want = s->caps & CAP_DATA_SIZE ? PROTO_IMAGE_SIZE_DATA : PROTO_IMAGE_SIZE;
+		break;
 	case REC_ZERO: want = PROTO_ZERO_SIZE; break;
 	case REC_END: want = PROTO_END_SIZE; break;
 	case REC_ACK: want = PROTO_ACK_SIZE; break;
@@ -444,9 +450,15 @@ int proto_body_decode(struct proto_session *s, uint8_t type, uint8_t *b, size_t 
 	switch (type) {
 	case REC_IMAGE: {
 		struct proto_image *im = &r->u.image;
-		if (len != PROTO_IMAGE_SIZE)
+		bool with_data = s->caps & CAP_DATA_SIZE;
+		if (len != (with_data ? PROTO_IMAGE_SIZE_DATA : PROTO_IMAGE_SIZE))
 			return sp_err("%s: malformed IMAGE record", peer);
 		im->size = get64(b);
+		im->has_data = with_data;
+		im->data = with_data ? get64(b + 16) : 0;
+		if (with_data && im->data > im->size)
+			return sp_err("%s: IMAGE record claims %llu data bytes in a %llu-byte image",
+				      peer, (unsigned long long)im->data, (unsigned long long)im->size);
 		im->block_size = get32(b + 8);
 		im->format = b[12];
 		if (!all_zero(b + 13, 3))

@@ -42,7 +42,8 @@
  * + body, where check = XXH3-64 of the body seeded with type | length << 8,
  * verified before any field of the body is used.
  *   IMAGE  16: u64 virtual size, u32 block size, u8 source format (1 raw,
- *              2 qcow2), u8[3] zero
+ *              2 qcow2), u8[3] zero; with CAP_DATA_SIZE 24: then u64 bytes
+ *              of data at the source (what the receiver may have to store)
  *   DATA   40 + clen: u64 offset, u32 length, u8 codec, u8[3] zero,
  *              16 hash of the uncompressed bytes, u32 clen, u32 zero, payload
  *   ZERO   16: u64 offset, u64 length (reads as zeros at the source)
@@ -89,6 +90,7 @@ struct transport;
 
 #define PROTO_FRAME_SIZE 16
 #define PROTO_IMAGE_SIZE 16
+#define PROTO_IMAGE_SIZE_DATA 24 /* with CAP_DATA_SIZE: + u64 data bytes */
 #define PROTO_DATA_HEAD 40
 #define PROTO_ZERO_SIZE 16
 #define PROTO_END_SIZE 64
@@ -115,8 +117,11 @@ enum proto_role { ROLE_SENDER = 1, ROLE_RECEIVER = 2 };
 #define CAP_CODECS_ALL (CAP_CODEC(WIRE_NONE) | CAP_CODEC(WIRE_ZSTD) | CAP_CODEC(WIRE_LZ4))
 #define CAP_HASH_XXH3_128 (1ull << 8)
 #define CAP_SYNC (1ull << 16)         /* incremental sync: receiver sends REC_HASHES */
+/* IMAGE carries the source's data bytes, for the receiver's free-space
+ * check. Never in a stream, which older readers must still read. */
+#define CAP_DATA_SIZE (1ull << 17)
 /* What this build can read and write. */
-#define CAP_SUPPORTED (CAP_CODECS_ALL | CAP_HASH_XXH3_128 | CAP_SYNC)
+#define CAP_SUPPORTED (CAP_CODECS_ALL | CAP_HASH_XXH3_128 | CAP_SYNC | CAP_DATA_SIZE)
 
 /* HASHES flags. */
 #define HASHES_LAST 0x01u
@@ -144,6 +149,8 @@ struct proto_image {
 	uint64_t size;
 	uint32_t block_size;
 	uint8_t format; /* enum image_format values: 0 unknown, 1 raw, 2 qcow2 */
+	bool has_data;  /* CAP_DATA_SIZE: data is set */
+	uint64_t data;  /* bytes of data at the source (an upper bound of what is written) */
 };
 
 struct proto_data {
@@ -232,7 +239,8 @@ int proto_negotiate(struct proto_session *s, const char *peer, enum proto_role m
 bool proto_codec_allowed(const struct proto_session *s, unsigned codec);
 
 /* Encoders write frame + body into out and return the total size. */
-size_t proto_encode_image(uint8_t out[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE], const struct proto_image *im);
+size_t proto_encode_image(uint8_t out[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE_DATA],
+			  const struct proto_image *im);
 /* rec holds room for the frame and the 40-byte head, then the d->clen
  * payload bytes already in place (d->payload is not read): fill in frame
  * and head, return the record's total size. */

@@ -87,6 +87,7 @@ static int choose_dest(struct receiver *r, bool sync)
 	struct dest_opts dop = {
 		.out_fmt = o->out_fmt, .create = o->create, .update = sync && !o->whole,
 		.target_is_zero = o->target_is_zero, .inplace = o->inplace,
+		.space_check = !o->no_space_check,
 	};
 	int rc = dest_open(&r->d, o->dst_path, &dop);
 	r->have_dest = true;
@@ -220,7 +221,9 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 		rc = sp_err("%s: expected the IMAGE record, got type %u", r.s.peer, rec.type);
 	if (rc == 0) {
 		st->bytes_virtual = rec.u.image.size;
-		rc = dest_begin(&r.d, (enum image_format)rec.u.image.format, rec.u.image.size);
+		const struct proto_image *im = &rec.u.image;
+		rc = dest_begin(&r.d, (enum image_format)im->format, im->size,
+				im->has_data ? im->data : DEST_DATA_UNKNOWN);
 	}
 	if (rc == 0 && (proto_digest_init(&r.dg) < 0 || !(r.cc = codec_ctx_new()) ||
 			!(r.out = malloc(r.s.image.block_size))))

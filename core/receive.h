@@ -22,6 +22,7 @@ struct receive_opts {
 	bool whole;                               /* never update DST in place */
 	bool target_is_zero;                      /* a device DST already reads as zeros */
 	bool inplace;                             /* update DST without the undo journal */
+	bool no_space_check;                      /* no free-space check before writing */
 	/* The sender is interactive and takes a hash list (pull, serve --sync):
 	 * send it right after our hello, before reading anything. */
 	bool sync;

@@ -406,6 +406,8 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 	uint64_t caps = CAP_HASH_XXH3_128 | CAP_CODEC(WIRE_NONE) | CAP_CODEC(o->codec.codec);
 	if (o->sync && !o->stream)
 		caps |= CAP_SYNC;
+	if (!o->stream)
+		caps |= CAP_DATA_SIZE;
 	proto_hello_init(&mine, ROLE_SENDER, o->stream ? HELLO_STREAM : 0, o->block_size, caps);
 	if (proto_write_hello(t, &mine) < 0)
 		return -1;
@@ -438,6 +440,13 @@ int sender_begin(struct sender *s, struct image *src)
 	};
 	if (im.size > PROTO_SIZE_MAX)
 		return sp_err("%s: virtual size is beyond the protocol's limit", src->path);
+	/* The receiver checks its free space against it: a walk of the
+	 * allocation map, no data read. */
+	if (s->s.caps & CAP_DATA_SIZE) {
+		if (image_data_bytes(src, &im.data) < 0)
+			return -1;
+		im.has_data = true;
+	}
 	s->s.image = im;
 	s->s.have_image = true;
 	proto_digest_image(&s->dg, &im);
@@ -447,7 +456,7 @@ int sender_begin(struct sender *s, struct image *src)
 		if (units <= (1ull << 28) && (s->touched = calloc(units / 64 + 1, sizeof *s->touched)))
 			s->touched_units = units;
 	}
-	uint8_t b[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE];
+	uint8_t b[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE_DATA];
 	size_t n = proto_encode_image(b, &im);
 	return out(s, b, n);
 }

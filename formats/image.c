@@ -182,6 +182,22 @@ int image_extent(struct image *i, uint64_t off, struct extent *e)
 	return 0;
 }
 
+int image_data_bytes(struct image *img, uint64_t *out)
+{
+	uint64_t pos = 0, sum = 0;
+	while (!img->alloc_unknown && pos < img->size) {
+		struct extent e;
+		if (image_extent(img, pos, &e) < 0)
+			return -1;
+		uint64_t n = e.length < img->size - pos ? e.length : img->size - pos;
+		if (e.kind == EXTENT_DATA)
+			sum += n;
+		pos += n;
+	}
+	*out = img->alloc_unknown ? img->size : sum;
+	return 0;
+}
+
 int image_resize(struct image *i, uint64_t new_size)
 {
 	if (!i->ops->resize)
@@ -262,16 +278,18 @@ void image_write_behind(struct image *img)
 }
 
 #ifdef SPARSYNC_FAULT_INJECTION
-/* Test builds only (sparsync-faults): SPARSYNC_FAULT_KILL_AT=N kills the
- * process with SIGKILL just before its Nth write to a destination file,
- * so tests can stop an update deterministically at every write. */
+/* Test builds only (sparsync-faults): SPARSYNC_FAULT_KILL_AT=N sends the
+ * process SIGKILL (or SPARSYNC_FAULT_SIGNAL, a number) just before its Nth
+ * write to a destination file, so tests can stop an update
+ * deterministically at every write. */
 #include <signal.h>
 static void fault_point(void)
 {
 	static unsigned long count;
 	const char *at = getenv("SPARSYNC_FAULT_KILL_AT");
+	const char *sig = getenv("SPARSYNC_FAULT_SIGNAL");
 	if (at && __atomic_add_fetch(&count, 1, __ATOMIC_SEQ_CST) == strtoul(at, NULL, 10))
-		raise(SIGKILL);
+		raise(sig ? atoi(sig) : SIGKILL);
 }
 #else
 static void fault_point(void) {}

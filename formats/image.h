@@ -138,6 +138,9 @@ int image_write_zeros(struct image *img, uint64_t off, uint64_t len);
  * off: let the undo journal save it first (nothing without one). */
 int image_protect(struct image *img, uint64_t off, uint64_t len);
 
+/* Bytes of img that hold data (extents of kind DATA), from the allocation
+ * map alone: no data is read. The whole size where there is no map. */
+int image_data_bytes(struct image *img, uint64_t *out);
 /* The extent at off (off < size), checked to start at off and to be
  * non-empty, so no caller's walk can loop on a broken extent map. */
 int image_extent(struct image *i, uint64_t off, struct extent *e);

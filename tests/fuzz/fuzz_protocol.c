@@ -233,8 +233,10 @@ static bool seal(uint8_t *b, size_t n, struct seal_info *si)
 		if (blen > n - pos - PROTO_FRAME_SIZE)
 			break;
 		uint8_t *body = hdr + PROTO_FRAME_SIZE;
-		if (type == REC_IMAGE && blen == PROTO_IMAGE_SIZE && !si->have_image) {
-			struct proto_image im = { le64(body), le32(body + 8), body[12] };
+		if (type == REC_IMAGE && (blen == PROTO_IMAGE_SIZE || blen == PROTO_IMAGE_SIZE_DATA) &&
+		    !si->have_image) {
+			struct proto_image im = { .size = le64(body), .block_size = le32(body + 8),
+						  .format = body[12] };
 			si->have_image = true;
 			si->size = im.size;
 			block = im.block_size;

@@ -183,7 +183,7 @@ static void rx_session(struct proto_session *s, uint64_t size)
 			 CAP_HASH_XXH3_128 | CAP_CODEC(WIRE_NONE) | CAP_CODEC(WIRE_ZSTD));
 	proto_hello_init(&rcv, ROLE_RECEIVER, 0, PROTO_BLOCK_MAX, CAP_SUPPORTED);
 	proto_negotiate(s, "peer", ROLE_RECEIVER, &snd, &rcv);
-	uint8_t b[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE + 1];
+	uint8_t b[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE_DATA + 1];
 	struct proto_image im = { .size = size, .block_size = 65536, .format = 1 };
 	proto_encode_image(b, &im);
 	uint8_t type;
@@ -284,7 +284,7 @@ static void test_records(void)
 				 CAP_HASH_XXH3_128 | CAP_CODEC(WIRE_NONE) | CAP_CODEC(WIRE_LZ4));
 		proto_hello_init(&rcv, ROLE_RECEIVER, 0, PROTO_BLOCK_MAX, CAP_SUPPORTED);
 		proto_negotiate(&s4, "peer", ROLE_RECEIVER, &snd, &rcv);
-		uint8_t ib[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE];
+		uint8_t ib[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE_DATA];
 		struct proto_image im = { .size = 1 << 20, .block_size = 65536, .format = 1 };
 		size_t in = proto_encode_image(ib, &im);
 		decode(&s4, ib, in, &r);
@@ -454,10 +454,10 @@ static void test_records(void)
 	CHECK("reserved frame bytes refused", proto_frame_decode(&s, rsv, &(uint8_t){ 0 }, &(uint32_t){ 0 }) < 0);
 	uint8_t zl[PROTO_FRAME_SIZE] = { REC_ZERO, 0, 0, 0, 17, 0, 0, 0 };
 	CHECK("wrong fixed length refused", proto_frame_decode(&s, zl, &(uint8_t){ 0 }, &(uint32_t){ 0 }) < 0);
-	uint8_t im[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE];
-	struct proto_image img = { 1 << 20, 65536, 1 };
-	proto_encode_image(im, &img);
-	CHECK("second IMAGE refused", decode(&s, im, sizeof im, &r) < 0 && msg_has("second IMAGE"));
+	uint8_t im[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE_DATA];
+	struct proto_image img = { .size = 1 << 20, .block_size = 65536, .format = 1 };
+	size_t imn = proto_encode_image(im, &img);
+	CHECK("second IMAGE refused", decode(&s, im, imn, &r) < 0 && msg_has("second IMAGE"));
 
 	struct proto_session fresh;
 	struct proto_hello snd, rcv;
@@ -466,17 +466,42 @@ static void test_records(void)
 	proto_negotiate(&fresh, "peer", ROLE_RECEIVER, &snd, &rcv);
 	n = make_data(rec, 0, text, 100, WIRE_NONE);
 	CHECK("DATA before IMAGE refused", decode(&fresh, rec, n, &r) < 0 && msg_has("before the IMAGE"));
+	/* Both hellos offer CAP_DATA_SIZE: IMAGE carries the data size. */
+	img.has_data = true;
+	img.data = 4096;
+	imn = proto_encode_image(im, &img);
+	CHECK("IMAGE with the data size", imn == PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE_DATA);
+	{
+		struct proto_session s2;
+		proto_negotiate(&s2, "peer", ROLE_RECEIVER, &snd, &rcv);
+		CHECK("IMAGE data size round trip", decode(&s2, im, imn, &r) == 0 &&
+						    r.u.image.has_data && r.u.image.data == 4096);
+		proto_negotiate(&s2, "peer", ROLE_RECEIVER, &snd, &rcv);
+		img.data = img.size + 1;
+		imn = proto_encode_image(im, &img);
+		CHECK("IMAGE with more data than its size refused",
+		      decode(&s2, im, imn, &r) < 0 && msg_has("data bytes"));
+		img.data = 4096;
+		proto_negotiate(&s2, "peer", ROLE_RECEIVER, &snd, &rcv);
+		img.has_data = false;
+		imn = proto_encode_image(im, &img);
+		CHECK("IMAGE without the data size refused once it was negotiated",
+		      decode(&s2, im, imn, &r) < 0);
+		img.has_data = true;
+	}
 	img.block_size = 1 << 20; /* larger than the 64 KiB the sender announced */
-	proto_encode_image(im, &img);
-	CHECK("IMAGE block size over the negotiated one refused", decode(&fresh, im, sizeof im, &r) < 0);
+	imn = proto_encode_image(im, &img);
+	CHECK("IMAGE block size over the negotiated one refused",
+	      decode(&fresh, im, imn, &r) < 0 && msg_has("block size"));
 	img.block_size = 65536;
 	img.size = PROTO_SIZE_MAX + 1;
-	proto_encode_image(im, &img);
-	CHECK("IMAGE virtual size over the limit refused", decode(&fresh, im, sizeof im, &r) < 0);
+	imn = proto_encode_image(im, &img);
+	CHECK("IMAGE virtual size over the limit refused",
+	      decode(&fresh, im, imn, &r) < 0 && msg_has("beyond the limit"));
 	img.size = 1 << 20;
 	img.format = 7;
-	proto_encode_image(im, &img);
-	CHECK("IMAGE unknown format refused", decode(&fresh, im, sizeof im, &r) < 0);
+	imn = proto_encode_image(im, &img);
+	CHECK("IMAGE unknown format refused", decode(&fresh, im, imn, &r) < 0);
 
 	codec_ctx_free(cc);
 	free(rec);
