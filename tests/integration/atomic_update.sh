@@ -83,6 +83,42 @@ interrupt "push, remote serve killed (raw)" raw "$SPARSYNC" copy -q -e "$T/fake-
 interrupt "push, remote serve killed (qcow2)" qcow2 "$SPARSYNC" copy -q -e "$T/fake-ssh" \
 	--remote-path "$FAULTS" "$T/new.raw" "host:$T/d.qcow2"
 
+# SIGINT (Ctrl-C) of a local sync at a write: the run is gone, its journal
+# marks the image, recovery gives the old one.
+rm -f "$T/d.raw"; "$SPARSYNC" copy -q "$T/old.raw" "$T/d.raw"
+SPARSYNC_FAULT_SIGNAL=2 SPARSYNC_FAULT_KILL_AT=2 "$FAULTS" copy -q "$T/new.raw" "$T/d.raw"
+check "SIGINT: the sync exits 130" test $? = 130
+check "SIGINT: the journal marks the image" test -e "$T/.d.raw.sparsync-undo"
+check "SIGINT: recover" "$SPARSYNC" recover -q "$T/d.raw"
+check "SIGINT: the old image is back" cmp "$T/old.raw" "$T/d.raw"
+
+# The link cut in the middle of a push: the relay passes the first N bytes
+# of the stream to the remote serve and then closes it. The serve, alive,
+# rolls back at once: old image, no journal.
+cat >"$T/cut-ssh" <<'EOS'
+#!/bin/bash
+# Like ssh, ends when the remote command does (head may still be reading).
+while [ $# -gt 1 ]; do shift; done
+sh -c "$1" < <(head -c "$CUT_AFTER")
+EOS
+chmod +x "$T/cut-ssh"
+# How many bytes the sync push sends, so the cuts fall inside it.
+rm -f "$T/d.raw"; "$SPARSYNC" copy -q "$T/old.raw" "$T/d.raw"
+"$SPARSYNC" copy --json -e "$T/fake-ssh" --remote-path "$SPARSYNC" --compress none \
+	"$T/new.raw" "host:$T/d.raw" >"$T/full.json"
+stream_size=$(json_field bytes_sent <"$T/full.json")
+for frac in 4 2 1; do
+	for fmt in raw qcow2; do
+		rm -f "$T/d.$fmt"; "$SPARSYNC" copy -q -O "$fmt" "$T/old.raw" "$T/d.$fmt"
+		check_fails "link cut after $frac/5 of the stream: the push fails" \
+			env CUT_AFTER=$((stream_size * frac / 5)) $TO "$SPARSYNC" copy -q -e "$T/cut-ssh" \
+			--remote-path "$SPARSYNC" --compress none "$T/new.raw" "host:$T/d.$fmt"
+		said "link cut after $frac/5: the serve saw the stream end early" 'truncated stream' 
+		check "link cut after $frac/5 ($fmt): the old image, at once" same_as "$T/d.$fmt" "$fmt" "$T/old.raw"
+		check "link cut after $frac/5 ($fmt): no journal left" test ! -e "$T/.d.$fmt.sparsync-undo"
+	done
+done
+
 # The next copy recovers by itself, and says so.
 rm -f "$T/d.raw"; "$SPARSYNC" copy -q "$T/old.raw" "$T/d.raw"
 SPARSYNC_FAULT_KILL_AT=3 "$FAULTS" copy -q "$T/new.raw" "$T/d.raw"
@@ -115,7 +151,13 @@ if mkdir -p "$T/tmpfs" && mount -t tmpfs -o size=40m tmpfs "$T/tmpfs" 2>/dev/nul
 	truncate -s $((24 * MiB)) "$T/big-new.raw"
 	put_random "$T/big-new.raw" $((3 * MiB)) 0
 	put_random "$T/big-new.raw" $((1 * MiB)) $((10 * MiB))
-	check_fails "sync onto a full filesystem fails" "$SPARSYNC" copy "$T/big-new.raw" "$T/tmpfs/d.raw"
+	check_fails "sync that needs more room than is free: refused up front" \
+		"$SPARSYNC" copy "$T/big-new.raw" "$T/tmpfs/d.raw"
+	said "refused up front: says how much is needed and free" \
+		'not enough free space: the copy needs about 1\.0 MiB, the filesystem holding it has .* free'
+	check "refused up front: the old image is intact" cmp "$T/old.raw" "$T/tmpfs/d.raw"
+	check_fails "sync onto a full filesystem fails" \
+		"$SPARSYNC" copy --no-space-check "$T/big-new.raw" "$T/tmpfs/d.raw"
 	said "full disk: one clear line" 'No space left on device'
 	check "full disk: the old image is intact" cmp "$T/old.raw" "$T/tmpfs/d.raw"
 	check "full disk: no journal left" test ! -e "$T/tmpfs/.d.raw.sparsync-undo"

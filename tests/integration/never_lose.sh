@@ -71,3 +71,47 @@ SPARSYNC_FAULT_KILL_AT=1 "$TOP/sparsync-faults" copy -q "$T/base.raw" "$T/e.raw"
 check "kill -9 left a temporary" sh -c "ls -A '$T' | grep -q '^\.e\.raw\.sparsync-'"
 check "the next run on it succeeds" "$SPARSYNC" copy -q "$T/base.raw" "$T/e.raw"
 check "and no temporary is left" no_temp_files "$T"
+
+# --- free space: a copy that cannot fit is refused before anything is written ---
+if mkdir -p "$T/small" && mount -t tmpfs -o size=24m tmpfs "$T/small" 2>/dev/null; then
+	trap 'umount "$T/small" 2>/dev/null; rm -rf "$T"' EXIT
+	truncate -s $((256 * MiB)) "$T/big.raw"
+	put_random "$T/big.raw" $((32 * MiB)) $((100 * MiB))
+	check_fails "a copy larger than the free space is refused" "$SPARSYNC" copy "$T/big.raw" "$T/small/big.raw"
+	said "it says how much is needed and how much is free" \
+		'small/big\.raw: not enough free space: the copy needs about 3[23]\.[0-9] MiB, the filesystem holding it has 2[34]\.[0-9] MiB free'
+	check "nothing was created" test -z "$(ls -A "$T/small")"
+	check_fails "as qcow2 too" "$SPARSYNC" copy "$T/big.raw" "$T/small/big.qcow2"
+	check "nothing was created (qcow2)" test -z "$(ls -A "$T/small")"
+	# The receiver checks too: it learns the source's data size from IMAGE.
+	cat >"$T/fake-ssh" <<'EOS'
+#!/bin/sh
+while [ $# -gt 1 ]; do shift; done
+exec sh -c "$1"
+EOS
+	chmod +x "$T/fake-ssh"
+	check_fails "a push larger than the remote free space is refused" \
+		"$SPARSYNC" copy -e "$T/fake-ssh" --remote-path "$SPARSYNC" "$T/big.raw" "host:$T/small/big.raw"
+	said "the remote refusal names the sizes" 'not enough free space: the copy needs about 3[23]\.[0-9] MiB'
+	check "nothing was created by the push" test -z "$(ls -A "$T/small")"
+	check_fails "a pull larger than the local free space is refused" \
+		"$SPARSYNC" copy -e "$T/fake-ssh" --remote-path "$SPARSYNC" "host:$T/big.raw" "$T/small/big.raw"
+	said "the pull refusal names the sizes" 'not enough free space'
+	check "nothing was created by the pull" test -z "$(ls -A "$T/small")"
+	# --no-space-check tries anyway, and a full disk is still a clean failure.
+	check_fails "--no-space-check tries, and runs out of room" \
+		"$SPARSYNC" copy --no-space-check "$T/big.raw" "$T/small/big.raw"
+	said "running out of room: one clear line" 'No space left on device'
+	check "and leaves nothing behind" test -z "$(ls -A "$T/small")"
+	# What fits is copied: the check counts data, not the virtual size.
+	truncate -s $((1024 * MiB)) "$T/sparse.raw"
+	put_random "$T/sparse.raw" $((8 * MiB)) $((500 * MiB))
+	check "a 1 GiB image with 8 MiB of data fits in 24 MiB" "$SPARSYNC" copy "$T/sparse.raw" "$T/small/s.raw"
+	check "and is right" cmp "$T/sparse.raw" "$T/small/s.raw"
+	check "pushed too" "$SPARSYNC" copy -e "$T/fake-ssh" --remote-path "$SPARSYNC" \
+		"$T/sparse.raw" "host:$T/small/s2.qcow2"
+	check "and is right (qcow2)" qemu-img compare -q -f raw -F qcow2 "$T/sparse.raw" "$T/small/s2.qcow2"
+	umount "$T/small"
+else
+	fail "cannot mount a tmpfs for the free-space tests (needs root)"
+fi
