@@ -207,31 +207,43 @@ bool dest_wants_data_size(const struct dest *d)
 /* Refuse early, before a byte is written, when the filesystem holding DST
  * cannot take what the copy will write: the source's data (plus qcow2
  * tables: at most 8 bytes of L2 and 2 of refcount per 512-byte cluster,
- * 1/51 of it, and a MiB of headers). An update needs room only for data
- * beyond what DST already allocates; its undo journal grows with the
- * change, which is not known before comparing, and running out of room
- * there rolls the update back. */
+ * 1/51 of it, and a MiB of headers). An update needs room for data beyond
+ * what DST already allocates, plus its undo journal. The journal holds the
+ * old contents of what the update overwrites, which is not known before
+ * comparing; it can never exceed what DST allocates (ranges that read as
+ * zeros are journaled as a 32-byte record), so that is what is counted:
+ * the same room a rewrite-and-rename (rsync's default) needs, and the
+ * check can only refuse a run that could really run out. */
 static int check_space(const struct dest *d, uint64_t data)
 {
 	if (!dest_wants_data_size(d) || data == DEST_DATA_UNKNOWN)
 		return 0;
-	uint64_t need = data + data / 51 + (1u << 20);
+	uint64_t need = data + data / 51 + (1u << 20), journal = 0;
 	if (d->mode == DEST_UPDATE) {
 		struct stat st;
 		uint64_t have = fstat(d->img->fd, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
 		need = data > have ? data - have : 0;
+		if (d->undo)
+			journal = have + have / 16384 + 4096; /* a 32-byte head per 512 KiB and more */
 	}
 	char *dir = path_dir(d->real_path);
 	struct statvfs vfs;
 	int ok = dir && statvfs(dir, &vfs) == 0;
 	free(dir);
-	if (!ok || need == 0)
+	if (!ok || need + journal == 0)
 		return 0; /* no answer: let the write tell */
 	/* root may use the blocks the filesystem reserves for it */
 	uint64_t avail = (uint64_t)(geteuid() == 0 ? vfs.f_bfree : vfs.f_bavail) * vfs.f_frsize;
-	if (avail >= need)
+	if (avail >= need + journal)
 		return 0;
-	char a[32], b[32];
+	char a[32], b[32], c[32], e[32];
+	if (journal)
+		return sp_err("%s: not enough free space: the update needs up to %s (%s of new data, "
+			      "up to %s for the undo journal that keeps the old image until the end), "
+			      "the filesystem holding it has %s free (--inplace keeps no journal; "
+			      "--no-space-check tries anyway)", d->path,
+			      human_bytes(need + journal, a, sizeof a), human_bytes(need, c, sizeof c),
+			      human_bytes(journal, e, sizeof e), human_bytes(avail, b, sizeof b));
 	return sp_err("%s: not enough free space: the copy needs about %s, the filesystem holding "
 		      "it has %s free (--no-space-check to try anyway)", d->path,
 		      human_bytes(need, a, sizeof a), human_bytes(avail, b, sizeof b));

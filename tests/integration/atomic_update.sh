@@ -153,14 +153,26 @@ if mkdir -p "$T/tmpfs" && mount -t tmpfs -o size=40m tmpfs "$T/tmpfs" 2>/dev/nul
 	put_random "$T/big-new.raw" $((1 * MiB)) $((10 * MiB))
 	check_fails "sync that needs more room than is free: refused up front" \
 		"$SPARSYNC" copy "$T/big-new.raw" "$T/tmpfs/d.raw"
-	said "refused up front: says how much is needed and free" \
-		'not enough free space: the copy needs about 1\.0 MiB, the filesystem holding it has .* free'
+	said "refused up front: says how much is needed and free, journal included" \
+		'not enough free space: the update needs up to 4\.0 MiB \(1\.0 MiB of new data, up to 3\.0 MiB for the undo journal .*\), the filesystem holding it has .* free'
 	check "refused up front: the old image is intact" cmp "$T/old.raw" "$T/tmpfs/d.raw"
 	check_fails "sync onto a full filesystem fails" \
 		"$SPARSYNC" copy --no-space-check "$T/big-new.raw" "$T/tmpfs/d.raw"
 	said "full disk: one clear line" 'No space left on device'
 	check "full disk: the old image is intact" cmp "$T/old.raw" "$T/tmpfs/d.raw"
 	check "full disk: no journal left" test ! -e "$T/tmpfs/.d.raw.sparsync-undo"
+	rm -f "$T/tmpfs/filler"
+	# Room for the new data but not for the journal: the safe update is
+	# refused; --inplace (no journal) fits.
+	head -c $(( $(df -B1 --output=avail "$T/tmpfs" | tail -1) - 2 * MiB )) /dev/zero >"$T/tmpfs/filler" 2>/dev/null
+	check_fails "room for the data but not the journal: refused up front" \
+		"$SPARSYNC" copy "$T/big-new.raw" "$T/tmpfs/d.raw"
+	said "the refusal counts the journal" 'up to 3\.0 MiB for the undo journal'
+	check "refused for the journal: the old image is intact" cmp "$T/old.raw" "$T/tmpfs/d.raw"
+	check "refused for the journal: no journal left" test ! -e "$T/tmpfs/.d.raw.sparsync-undo"
+	check "--inplace needs no journal and fits" "$SPARSYNC" copy --inplace "$T/big-new.raw" "$T/tmpfs/d.raw"
+	check "--inplace gives the new image" cmp "$T/big-new.raw" "$T/tmpfs/d.raw"
+	cp --sparse=always "$T/old.raw" "$T/tmpfs/d.raw"
 	rm -f "$T/tmpfs/filler"
 	check "after freeing space the sync succeeds" "$SPARSYNC" copy "$T/big-new.raw" "$T/tmpfs/d.raw"
 	check "and gives the new image" cmp "$T/big-new.raw" "$T/tmpfs/d.raw"
