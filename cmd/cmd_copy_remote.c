@@ -234,7 +234,7 @@ static int send_image(const struct copy_cli *cli, struct image *src, struct tran
 	if (rc == 0)
 		rc = sender_begin(&snd, src);
 	if (rc == 0)
-		rc = copy_run(src, &snd.base, &co, st);
+		rc = copy_run(src, sender_sink(&snd), &co, st);
 	if (rc < 0)
 		sender_abort(&snd);
 	st->bytes_sent = t->bytes_out;

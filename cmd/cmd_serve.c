@@ -164,7 +164,7 @@ static int serve_send(struct transport *t, const struct serve_args *a)
 	if (rc == 0) {
 		struct copy_opts co = { .block_size = so.block_size, .workers = a->workers,
 					.progress = PROGRESS_OFF, .read_ahead = true };
-		rc = copy_run(src, &snd.base, &co, &st);
+		rc = copy_run(src, sender_sink(&snd), &co, &st);
 	}
 	if (rc < 0)
 		rc = sender_abort(&snd);

@@ -187,3 +187,43 @@ void replace_abort(struct replacement *d)
 		unlink(d->tmp_path);
 	replace_free(d);
 }
+
+int replace_file(const char *final_path, const void *buf, size_t len,
+		 int (*before_rename)(int fd, void *ctx), void *ctx)
+{
+	char *tmp = path_sibling(final_path, "sparsync-XXXXXX");
+	if (!tmp)
+		return sp_err("%s: out of memory", final_path);
+	replace_sweep(final_path);
+	int fd = create_locked(tmp, 0600);
+	if (fd < 0) {
+		int e = errno;
+		free(tmp);
+		return sp_err("%s: cannot create: %s", final_path, strerror(e));
+	}
+	int slot = cleanup_register(tmp);
+	int rc = 0;
+	for (size_t done = 0; rc == 0 && done < len;) {
+		ssize_t n = write(fd, (const char *)buf + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			rc = sp_err("%s: write: %s", final_path, n < 0 ? strerror(errno) : "no progress");
+		else
+			done += (size_t)n;
+	}
+	if (rc == 0 && fsync(fd) < 0)
+		rc = sp_err("%s: fsync: %s", final_path, strerror(errno));
+	if (rc == 0 && before_rename && before_rename(fd, ctx) != 0)
+		rc = 1;
+	if (rc == 0 && rename(tmp, final_path) < 0)
+		rc = sp_err("%s: rename from temporary file: %s", final_path, strerror(errno));
+	if (rc != 0)
+		unlink(tmp);
+	else
+		path_sync_dir(final_path);
+	cleanup_forget(slot);
+	close(fd);
+	free(tmp);
+	return rc < 0 ? -1 : rc;
+}

@@ -29,4 +29,12 @@ int replace_commit(struct replacement *r);
 /* Close and remove the temporary file. Frees r. Safe after a failed begin. */
 void replace_abort(struct replacement *r);
 
+/* Replace final_path with a small file of len bytes (a digest file) the
+ * same way: locked temporary beside it, written, fsync'ed, then
+ * before_rename(fd, ctx) if given (a non-zero return abandons the
+ * replacement, leaving final_path as it was), rename, directory fsync.
+ * Mode 0600: it describes an image, whose mode we do not know. */
+int replace_file(const char *final_path, const void *buf, size_t len,
+		 int (*before_rename)(int fd, void *ctx), void *ctx);
+
 #endif

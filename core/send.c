@@ -181,93 +181,6 @@ static int queue_zero(struct sender *s, uint64_t off, uint64_t len)
 	return rc;
 }
 
-static void count_changed(struct sender *s)
-{
-	__atomic_add_fetch(&s->units_changed, 1, __ATOMIC_RELAXED);
-}
-
-/* Data at a unit the receiver does not hold: count the unit once. */
-static void touch_unit(struct sender *s, uint64_t u)
-{
-	if (!s->touched || u >= s->touched_units) {
-		count_changed(s);
-		return;
-	}
-	uint64_t bit = 1ull << (u & 63);
-	if (!(__atomic_fetch_or(&s->touched[u >> 6], bit, __ATOMIC_RELAXED) & bit))
-		count_changed(s);
-}
-
-/* Is unit u (table entry idx) the same at both ends? whole: the unit's
- * bytes when the caller holds all of them (else NULL: read the source);
- * all_zero: the source's unit is known to read as zeros. */
-static int unit_verdict(struct sender *s, struct send_scratch **w, size_t idx, uint64_t u,
-			const uint8_t *whole, bool all_zero, uint8_t *v)
-{
-	struct sync_table *t = &s->table;
-	*v = sync_verdict_get(t, idx);
-	if (*v != SYNC_UNKNOWN)
-		return 0;
-	struct hash128 h;
-	if (all_zero) {
-		h = t->zero;
-	} else if (whole) {
-		hash128(whole, t->unit, &h);
-	} else {
-		if (!*w && !(*w = scratch_get(s)))
-			return -1;
-		if (!(*w)->ubuf && !((*w)->ubuf = malloc(t->unit)))
-			return sp_err("out of memory for a %u-byte hash unit", t->unit);
-		if (sync_hash_unit(s->src, u << t->unit_bits, t->unit, (*w)->ubuf, &h) < 0)
-			return -1;
-	}
-	*v = hash128_equal(&h, &t->hash[idx]) ? SYNC_SAME : SYNC_DIFFERS;
-	if (sync_verdict_set(t, idx, *v) && *v == SYNC_DIFFERS)
-		count_changed(s);
-	return 0;
-}
-
-/* Sync: send the parts of [off, off+len) whose units differ at the
- * receiver, as few DATA records as the runs allow. */
-static int sync_data(struct sender *s, struct send_scratch *w, uint64_t off, const uint8_t *buf,
-		     size_t len)
-{
-	const struct sync_table *t = &s->table;
-	uint64_t size = s->s.image.size;
-	size_t pos = 0, pend = 0, plen = 0; /* pending piece to send: [pend, pend+plen) */
-	while (pos < len) {
-		uint64_t a = off + pos;
-		uint64_t u = a >> t->unit_bits, ustart = u << t->unit_bits;
-		uint64_t uend = size - ustart < t->unit ? size : ustart + t->unit;
-		size_t n = uend - a < len - pos ? (size_t)(uend - a) : len - pos;
-		long idx = sync_table_find(t, u);
-		bool need = true;
-		if (idx < 0) {
-			touch_unit(s, u);
-		} else {
-			bool whole = a == ustart && n == t->unit;
-			uint8_t v;
-			if (unit_verdict(s, &w, (size_t)idx, u, whole ? buf + pos : NULL, false, &v) < 0)
-				return -1;
-			need = v == SYNC_DIFFERS;
-		}
-		if (need) {
-			if (plen == 0)
-				pend = pos;
-			plen += n;
-		} else {
-			stats_add(s->bytes_unchanged, n);
-			if (plen && send_piece(s, w, off + pend, buf + pend, plen) < 0)
-				return -1;
-			plen = 0;
-		}
-		pos += n;
-	}
-	if (plen && send_piece(s, w, off + pend, buf + pend, plen) < 0)
-		return -1;
-	return 0;
-}
-
 static int send_data(struct sink *base, uint64_t off, const void *buf, size_t len)
 {
 	struct sender *s = (struct sender *)base;
@@ -278,46 +191,18 @@ static int send_data(struct sink *base, uint64_t off, const void *buf, size_t le
 	struct send_scratch *w = scratch_get(s);
 	if (!w)
 		return -1;
-	int rc = s->syncing ? sync_data(s, w, off, buf, len) : send_piece(s, w, off, buf, len);
+	int rc = send_piece(s, w, off, buf, len);
 	scratch_put(s, w);
-	return rc;
-}
-
-/* Sync: the source reads as zeros over [off, off+len); only the units the
- * receiver holds (and that differ) need a ZERO record. A terabyte of holes
- * at both ends costs one table lookup. */
-static int sync_zero(struct sender *s, uint64_t off, uint64_t len)
-{
-	const struct sync_table *t = &s->table;
-	uint64_t end = off + len, size = s->s.image.size;
-	uint64_t u = off >> t->unit_bits, uu;
-	size_t idx;
-	struct send_scratch *w = NULL;
-	int rc = 0;
-	while (rc == 0 && sync_table_next(t, u, &idx, &uu)) {
-		uint64_t ustart = uu << t->unit_bits;
-		if (ustart >= end)
-			break;
-		uint64_t uend = size - ustart < t->unit ? size : ustart + t->unit;
-		uint64_t a = off > ustart ? off : ustart, b = end < uend ? end : uend;
-		uint8_t v;
-		rc = unit_verdict(s, &w, idx, uu, NULL, a == ustart && b == uend, &v);
-		if (rc == 0 && v == SYNC_DIFFERS)
-			rc = queue_zero(s, a, b - a);
-		u = uu + 1;
-	}
-	if (w)
-		scratch_put(s, w);
 	return rc;
 }
 
 static int send_zero(struct sink *base, uint64_t off, uint64_t len)
 {
 	struct sender *s = (struct sender *)base;
-	if (len == 0 || s->fresh)
+	/* A new destination reads as zeros: nothing to say, unless the
+	 * receiver keeps a digest and wants every byte accounted for. */
+	if (len == 0 || (s->fresh && !s->cover))
 		return 0;
-	if (s->syncing)
-		return sync_zero(s, off, len);
 	return queue_zero(s, off, len);
 }
 
@@ -330,11 +215,12 @@ static int send_finish(struct sink *base)
 		return -1;
 	if (s->src)
 		s->end.source_bytes_read = s->src->bytes_read - s->src_read0;
-	s->end.units_changed = s->units_changed;
-	s->end.bytes_unchanged = s->bytes_unchanged;
+	if (s->syncing) {
+		/* The filter in front of us (sender_sink) counted them. */
+		s->end.units_changed = s->filter.units_changed;
+		s->end.bytes_unchanged = s->filter.bytes_unchanged;
+	}
 	struct sp_stats *st = base->stats;
-	st->blocks_changed += s->units_changed;
-	st->bytes_unchanged += s->bytes_unchanged;
 	proto_digest_final(&s->dg, &s->end.digest);
 	uint8_t b[PROTO_FRAME_SIZE + PROTO_END_SIZE];
 	size_t n = proto_encode_end(b, &s->end);
@@ -450,15 +336,16 @@ int sender_begin(struct sender *s, struct image *src)
 	s->s.image = im;
 	s->s.have_image = true;
 	proto_digest_image(&s->dg, &im);
-	if (s->syncing) {
-		/* Units not in the list that got data: counted once each. */
-		uint64_t units = im.size / s->table.unit + (im.size % s->table.unit != 0);
-		if (units <= (1ull << 28) && (s->touched = calloc(units / 64 + 1, sizeof *s->touched)))
-			s->touched_units = units;
-	}
+	if (s->syncing)
+		sync_filter_init(&s->filter, &s->base, &s->table, src, s->cover, s->base.stats);
 	uint8_t b[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE_DATA];
 	size_t n = proto_encode_image(b, &im);
 	return out(s, b, n);
+}
+
+struct sink *sender_sink(struct sender *s)
+{
+	return s->syncing ? &s->filter.base : &s->base;
 }
 
 int sender_abort(struct sender *s)
@@ -486,9 +373,8 @@ void sender_free(struct sender *s)
 		free(w->ubuf);
 		free(w);
 	}
+	sync_filter_free(&s->filter);
 	sync_table_free(&s->table);
-	free(s->touched);
-	s->touched = NULL;
 	proto_reader_free(&s->rd);
 	proto_digest_free(&s->dg);
 	free(s->wbuf);

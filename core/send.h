@@ -11,6 +11,7 @@
 #include "hash.h"
 #include "protocol.h"
 #include "sink.h"
+#include "sync_filter.h"
 #include "sync_table.h"
 
 struct image;
@@ -82,10 +83,11 @@ struct sender {
 	/* Incremental sync: the receiver's hash list (when it sent one). */
 	bool syncing;                  /* compare with `table` */
 	bool fresh;                    /* the receiver starts from zeros: no ZERO records */
+	/* CAP_DIGEST: the receiver keeps a digest file and wants every range
+	 * that is not unchanged, zeros included (core/sink_digest.h). */
+	bool cover;
 	struct sync_table table;
-	uint64_t *touched;             /* bitmap: units not in the table already sent */
-	uint64_t touched_units;
-	uint64_t units_changed, bytes_unchanged; /* atomics */
+	struct sync_filter filter;     /* in front of base when syncing */
 };
 
 /* Exchange hellos (stream: write ours only) and agree on codec and block
@@ -96,6 +98,9 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 		struct sp_stats *st);
 /* Send the IMAGE record for src. */
 int sender_begin(struct sender *s, struct image *src);
+/* What the copy engine delivers to: the sync filter when syncing, else
+ * the sender itself. */
+struct sink *sender_sink(struct sender *s);
 /* After a failure: tell the peer (ERROR record) unless it told us.
  * Returns -1, or PROTO_PEER_FAILED when the peer reported the failure. */
 int sender_abort(struct sender *s);

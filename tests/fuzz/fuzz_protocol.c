@@ -435,7 +435,7 @@ static void send_to(const uint8_t *d, size_t n, unsigned mode)
 	if (rc == 0) {
 		struct copy_opts co = { .block_size = so.block_size, .workers = 1,
 					.progress = PROGRESS_OFF };
-		rc = copy_run(src, &snd.base, &co, &st);
+		rc = copy_run(src, sender_sink(&snd), &co, &st);
 	}
 	if (rc < 0)
 		sender_abort(&snd);

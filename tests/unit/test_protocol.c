@@ -571,7 +571,7 @@ static int send_to_mem(const char *src_path, struct memt *m, const char *codec)
 		rc = sender_begin(&snd, src);
 	if (rc == 0) {
 		struct copy_opts co = { .block_size = 65536, .workers = 3, .progress = PROGRESS_OFF };
-		rc = copy_run(src, &snd.base, &co, &st);
+		rc = copy_run(src, sender_sink(&snd), &co, &st);
 	}
 	if (rc < 0)
 		sender_abort(&snd);

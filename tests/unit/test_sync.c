@@ -265,7 +265,7 @@ static int sync_push(const char *src_path, const char *dst_path, bool whole, str
 		rc = sender_begin(&snd, src);
 	if (rc == 0) {
 		struct copy_opts co = { .block_size = 1 << 20, .workers = 3, .progress = PROGRESS_OFF };
-		rc = copy_run(src, &snd.base, &co, st);
+		rc = copy_run(src, sender_sink(&snd), &co, st);
 	}
 	if (rc < 0 && src)
 		sender_abort(&snd);
