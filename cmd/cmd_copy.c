@@ -31,6 +31,9 @@ static const char copy_usage[] =
 	"                          full for\n"
 	"  --target-is-zero        DST is a block device that already reads as zeros:\n"
 	"                          skip zeroing the source's holes there\n"
+	"  --digest-file PATH      keep DST's digest file (its block hashes, so the next\n"
+	"                          sync need not read DST) at PATH, not .DST.sparsync\n"
+	"  --no-digest             keep no digest file; the next sync reads DST\n"
 	"  -j N                    worker threads (default: number of cores)\n"
 	"Remote options:\n"
 	"  -p PORT                 ssh port (default 22)\n"
@@ -50,6 +53,7 @@ static const char copy_usage[] =
 
 enum {
 	OPT_CLUSTER = OPT_CLI_NEXT, OPT_BACKING, OPT_WHOLE, OPT_TARGET_ZERO, OPT_INPLACE, OPT_NO_SPACE, OPT_JSON,
+	OPT_DIGEST_FILE, OPT_NO_DIGEST,
 	OPT_COMPRESS, OPT_BWLIMIT,
 };
 
@@ -62,6 +66,8 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		{ "target-is-zero", no_argument, NULL, OPT_TARGET_ZERO },
 		{ "inplace", no_argument, NULL, OPT_INPLACE },
 		{ "no-space-check", no_argument, NULL, OPT_NO_SPACE },
+		{ "digest-file", required_argument, NULL, OPT_DIGEST_FILE },
+		{ "no-digest", no_argument, NULL, OPT_NO_DIGEST },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "progress", no_argument, NULL, 'P' },
 		{ "quiet", no_argument, NULL, 'q' },
@@ -101,6 +107,8 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		case OPT_TARGET_ZERO: cli->target_is_zero = true; break;
 		case OPT_INPLACE: cli->inplace = true; break;
 		case OPT_NO_SPACE: cli->no_space_check = true; break;
+		case OPT_DIGEST_FILE: cli->digest_file = optarg; break;
+		case OPT_NO_DIGEST: cli->no_digest = true; break;
 		case OPT_JSON: cli->json = true; break;
 		case 'P': cli->progress = PROGRESS_FORCE; break;
 		case 'q': cli->quiet = true; cli->progress = PROGRESS_OFF; break;

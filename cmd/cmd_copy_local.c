@@ -39,6 +39,7 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 		.out_fmt = cli->out_fmt, .create = &cli->create, .update = !cli->whole,
 		.target_is_zero = cli->target_is_zero, .inplace = cli->inplace,
 		.space_check = !cli->no_space_check,
+		.digest = !cli->no_digest, .digest_file = cli->digest_file,
 	};
 	struct dest d;
 	int rc = dest_open(&d, dpath, &dop);
@@ -47,12 +48,14 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 		rc = image_data_bytes(src, &data);
 	if (rc == 0) {
 		st->destination = dest_how(&d);
+		st->digest = d.digest_why;
 		rc = dest_begin(&d, src->format, src->size, data);
 	}
 	if (rc == 0) {
 		struct copy_opts o;
 		engine_opts(cli, d.img, &o);
-		rc = copy_run(src, dest_sink(&d, st, true), &o, st);
+		struct sink *sink = dest_local_sink(&d, src, st);
+		rc = sink ? copy_run(src, sink, &o, st) : -1;
 		if (rc == 0)
 			rc = dest_commit(&d);
 		else

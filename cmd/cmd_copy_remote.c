@@ -110,6 +110,10 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 			cl_opt(&c, "--inplace", NULL);
 		if (cli->no_space_check)
 			cl_opt(&c, "--no-space-check", NULL);
+		if (cli->no_digest)
+			cl_opt(&c, "--no-digest", NULL);
+		if (cli->digest_file)
+			cl_opt(&c, "--digest-file", cli->digest_file);
 		if (cli->create.backing)
 			cl_opt(&c, "--backing", cli->create.backing);
 		if (cli->out_fmt != FMT_AUTO)
@@ -278,6 +282,7 @@ static int pull(const struct copy_cli *cli, struct sp_stats *st)
 		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
 		.whole = cli->whole, .target_is_zero = cli->target_is_zero,
 		.inplace = cli->inplace, .no_space_check = cli->no_space_check, .sync = true,
+		.no_digest = cli->no_digest, .digest_file = cli->digest_file,
 		.workers = cli->workers, .progress = cli->progress,
 	};
 	int rc = receive_run(t, &ro, st);

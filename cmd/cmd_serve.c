@@ -22,7 +22,8 @@
 static const char serve_usage[] =
 	"usage: sparsync serve --receive PATH [-O raw|qcow2] [--cluster-size SIZE] [-c zstd|zlib]\n"
 	"                      [--sync] [--backing FILE] [--whole] [--target-is-zero]\n"
-	"                      [--inplace] [--no-space-check]\n"
+	"                      [--inplace] [--no-space-check] [--no-digest]\n"
+	"                      [--digest-file PATH]\n"
 	"       sparsync serve --send PATH [-f raw|qcow2] [--compress C] [--bwlimit RATE]\n"
 	"       sparsync serve --hashes PATH [-f raw|qcow2] [--hash-unit SIZE]\n"
 	"Each also takes -j N and --timeout SECONDS.\n"
@@ -33,7 +34,7 @@ static const char serve_usage[] =
 enum {
 	OPT_RECEIVE = 256, OPT_SEND, OPT_HASHES, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT,
 	OPT_BACKING, OPT_WHOLE, OPT_HASH_UNIT, OPT_SYNC, OPT_TIMEOUT, OPT_TARGET_ZERO, OPT_INPLACE,
-	OPT_NO_SPACE,
+	OPT_NO_SPACE, OPT_NO_DIGEST, OPT_DIGEST_FILE,
 };
 
 struct serve_args {
@@ -42,7 +43,8 @@ struct serve_args {
 	struct image_create_opts create;
 	struct codec_choice codec;
 	uint64_t bwlimit;
-	bool whole, sync, target_is_zero, inplace, no_space_check;
+	bool whole, sync, target_is_zero, inplace, no_space_check, no_digest;
+	const char *digest_file;
 	uint32_t hash_unit;
 	unsigned workers;
 	unsigned timeout_s;
@@ -62,6 +64,8 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		{ "target-is-zero", no_argument, NULL, OPT_TARGET_ZERO },
 		{ "inplace", no_argument, NULL, OPT_INPLACE },
 		{ "no-space-check", no_argument, NULL, OPT_NO_SPACE },
+		{ "no-digest", no_argument, NULL, OPT_NO_DIGEST },
+		{ "digest-file", required_argument, NULL, OPT_DIGEST_FILE },
 		{ "sync", no_argument, NULL, OPT_SYNC },
 		{ "hash-unit", required_argument, NULL, OPT_HASH_UNIT },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
@@ -83,6 +87,8 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		case OPT_TARGET_ZERO: a->target_is_zero = true; break;
 		case OPT_INPLACE: a->inplace = true; break;
 		case OPT_NO_SPACE: a->no_space_check = true; break;
+		case OPT_NO_DIGEST: a->no_digest = true; break;
+		case OPT_DIGEST_FILE: a->digest_file = optarg; break;
 		case OPT_SYNC: a->sync = true; break;
 		case OPT_HASH_UNIT:
 			if (parse_size(optarg, &v) < 0 || v < SYNC_UNIT_MIN || v > SYNC_UNIT_MAX ||
@@ -196,6 +202,7 @@ int cmd_serve(int argc, char **argv)
 			.dst_path = a.receive, .out_fmt = a.out_fmt, .create = &a.create,
 			.whole = a.whole, .target_is_zero = a.target_is_zero, .inplace = a.inplace,
 			.no_space_check = a.no_space_check, .sync = a.sync,
+			.no_digest = a.no_digest, .digest_file = a.digest_file,
 			.workers = a.workers,
 			.progress = PROGRESS_OFF,
 		};

@@ -19,6 +19,8 @@ struct copy_cli {
 	bool target_is_zero;        /* --target-is-zero: a device DST reads as zeros */
 	bool inplace;               /* --inplace: update DST without the undo journal */
 	bool no_space_check;        /* --no-space-check */
+	bool no_digest;             /* --no-digest */
+	const char *digest_file;    /* --digest-file PATH */
 	enum progress_mode progress;
 	bool quiet;
 	unsigned workers;           /* -j */

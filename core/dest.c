@@ -2,6 +2,8 @@
 
 #include "error.h"
 #include "paths.h"
+#include "protocol.h"
+#include "sync_hash.h"
 #include "../formats/qcow2.h"
 #include "../formats/undo.h"
 
@@ -131,9 +133,8 @@ static int open_device(struct dest *d)
 	return 0;
 }
 
-int dest_open(struct dest *d, const char *path, const struct dest_opts *o)
+static int open_kind(struct dest *d, const char *path, const struct dest_opts *o)
 {
-	memset(d, 0, sizeof *d);
 	d->o = *o;
 	d->existing = FMT_AUTO;
 	d->path = strdup(path);
@@ -178,6 +179,59 @@ int dest_open(struct dest *d, const char *path, const struct dest_opts *o)
 		img->undo = d->undo;
 	}
 	return 0;
+}
+
+/* The digest file: its path when one is kept for this kind of DST, and
+ * for an update, DST's hashes from it when it is valid. */
+static int open_digest(struct dest *d)
+{
+	if (!d->o.digest || (d->mode != DEST_NEW && d->mode != DEST_UPDATE))
+		return 0;
+	if (!(d->digest_path = digest_path_for(d->real_path, d->o.digest_file)))
+		return sp_err("%s: out of memory", d->path);
+	if (d->mode != DEST_UPDATE)
+		return 0;
+	const char *why = NULL;
+	int rc = digest_load(d->digest_path, d->real_path, d->img, &d->map, &d->digest_info, &why);
+	if (rc < 0)
+		return -1;
+	if (rc == 1)
+		d->map_ready = d->map_knows_dest = d->digest_loaded = true;
+	d->digest_why = rc == 1 ? "used" : why;
+	return 0;
+}
+
+int dest_open(struct dest *d, const char *path, const struct dest_opts *o)
+{
+	memset(d, 0, sizeof *d);
+	if (open_kind(d, path, o) < 0)
+		return -1;
+	return open_digest(d);
+}
+
+uint32_t dest_min_unit(const struct dest *d)
+{
+	if (d->mode == DEST_OVERLAY || (d->mode == DEST_NEW && d->o.create && d->o.create->cluster_size))
+		return d->o.create && d->o.create->cluster_size ? d->o.create->cluster_size : 65536;
+	const struct image *img = dest_known_image(d);
+	if (img && img->format == FMT_QCOW2)
+		return img->granularity;
+	return SYNC_UNIT_RAW;
+}
+
+const struct unit_map *dest_digest_map(const struct dest *d)
+{
+	return d->digest_loaded ? &d->map : NULL;
+}
+
+struct unit_map *dest_map_to_fill(struct dest *d, uint32_t unit)
+{
+	if (!d->digest_path || d->map_ready)
+		return NULL;
+	struct image *img = dest_known_image(d);
+	unit_map_init(&d->map, img ? img->size : 0, unit);
+	d->map_ready = d->map_knows_dest = true;
+	return &d->map;
 }
 
 struct image *dest_known_image(const struct dest *d)
@@ -249,6 +303,26 @@ static int check_space(const struct dest *d, uint64_t data)
 		      human_bytes(need, a, sizeof a), human_bytes(avail, b, sizeof b));
 }
 
+/* The unit map the digest sink keeps current: the one loaded or gathered
+ * (resized with DST), else a new one: empty for a new DST; for an update
+ * read by the local copy, empty and built as every range goes by. */
+static int begin_map(struct dest *d, uint64_t size)
+{
+	if (!d->digest_path)
+		return 0;
+	if (d->map_ready) {
+		unit_map_resize(&d->map, size);
+		return 0;
+	}
+	uint32_t unit = dest_min_unit(d);
+	if (d->mode == DEST_UPDATE && sync_unit_for(d->img, unit, &unit) < 0)
+		return -1;
+	unit_map_init(&d->map, size, unit);
+	d->map_ready = true;
+	d->map_knows_dest = d->mode == DEST_NEW;
+	return 0;
+}
+
 int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size, uint64_t data)
 {
 	if (check_space(d, data) < 0)
@@ -258,7 +332,9 @@ int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size, uint64_
 		/* Never truncated: a larger device keeps its tail as it is. */
 		return d->img->size < size ? human_size_err(d, d->img->size, size) : 0;
 	case DEST_UPDATE:
-		return d->img->size != size ? image_resize(d->img, size) : 0;
+		if (d->img->size != size && image_resize(d->img, size) < 0)
+			return -1;
+		return begin_map(d, size);
 	case DEST_OVERLAY: {
 		struct image_create_opts co = *d->o.create;
 		co.backing_format = d->backing->format;
@@ -276,10 +352,10 @@ int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size, uint64_
 	}
 	d->replacing = true;
 	d->img = d->repl.img;
-	return 0;
+	return begin_map(d, size);
 }
 
-struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool compare)
+static struct sink *plain_sink(struct dest *d, struct sp_stats *st, bool compare)
 {
 	switch (d->mode) {
 	case DEST_OVERLAY:
@@ -295,23 +371,80 @@ struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool compare)
 	}
 }
 
+/* The digest sink in front of inner, when a digest is kept. */
+static struct sink *with_digest(struct dest *d, struct sink *inner, struct sp_stats *st)
+{
+	if (!d->digest_path || !d->map_ready)
+		return inner;
+	digest_sink_init(&d->dsink, inner, d->img, &d->map, st, d->map_knows_dest);
+	d->dsink_on = true;
+	return &d->dsink.base;
+}
+
+struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool covered)
+{
+	d->st = st;
+	struct sink *inner = plain_sink(d, st, false);
+	/* A sender that does not say where its zeros are leaves units we
+	 * could only read back: keep no digest then. */
+	if (!covered || !d->map_knows_dest)
+		return inner;
+	return with_digest(d, inner, st);
+}
+
+struct sink *dest_local_sink(struct dest *d, struct image *src, struct sp_stats *st)
+{
+	d->st = st;
+	if (!d->digest_loaded)
+		return with_digest(d, plain_sink(d, st, true), st);
+	/* DST is known from its digest: compare hashes, never read DST. */
+	sync_table_init(&d->table);
+	if (sync_table_from_map(&d->table, &d->map) < 0)
+		return NULL;
+	struct sink *s = with_digest(d, plain_sink(d, st, false), st);
+	sync_filter_init(&d->filter, s, &d->table, src, true, st);
+	d->filter_on = true;
+	return &d->filter.base;
+}
+
+/* After a successful commit: the new digest, or no stale one. */
+static void save_digest(struct dest *d)
+{
+	if (!d->digest_path)
+		return;
+	bool ok = d->dsink_on && d->dsink.valid && d->map.count <= PROTO_HASHES_TOTAL_MAX;
+	int rc = ok ? digest_save(d->digest_path, d->real_path, &d->map, &d->digest_info) : 1;
+	if (rc < 0)
+		sp_warn("%s: the copy is complete, but its digest file could not be saved (%s); "
+			"the next run reads the destination", d->path, sp_errmsg());
+	if (rc != 0)
+		digest_remove(d->digest_path);
+}
+
 int dest_commit(struct dest *d)
 {
-	if (d->replacing) {
-		d->replacing = false;
-		d->img = NULL;
-		return replace_commit(&d->repl);
-	}
 	struct image *img = d->img;
 	d->img = NULL;
-	int rc = image_flush(img);
-	if (image_close(img) < 0)
-		rc = -1;
-	if (d->undo) {
-		struct undo *u = d->undo;
-		d->undo = NULL;
-		rc = rc == 0 ? undo_commit(u) : undo_rollback(u);
+	d->digest_info.format = img->format;
+	d->bytes_read = img->bytes_read;
+	if (d->st)
+		stats_add(d->st->dest_bytes_read, img->bytes_read);
+	int rc;
+	if (d->replacing) {
+		d->replacing = false;
+		rc = replace_commit(&d->repl);
+	} else {
+		rc = image_flush(img);
+		if (image_close(img) < 0)
+			rc = -1;
+		if (d->undo) {
+			struct undo *u = d->undo;
+			d->undo = NULL;
+			rc = rc == 0 ? undo_commit(u) : undo_rollback(u);
+		}
 	}
+	if (rc == 0)
+		save_digest(d);
 	return rc;
 }
 
@@ -341,6 +474,15 @@ void dest_close(struct dest *d)
 		dest_abort(d);
 	image_close(d->backing);
 	d->backing = NULL;
+	if (d->filter_on)
+		sync_filter_free(&d->filter);
+	sync_table_free(&d->table);
+	if (d->dsink_on)
+		digest_sink_free(&d->dsink);
+	if (d->map_ready)
+		unit_map_free(&d->map);
+	free(d->digest_path);
+	d->digest_path = NULL;
 	free(d->path);
 	free(d->real_path);
 	d->path = d->real_path = NULL;

@@ -25,8 +25,12 @@
 
 #include "../formats/image.h"
 #include "backing_sink.h"
+#include "digest.h"
 #include "replace.h"
 #include "sink.h"
+#include "sink_digest.h"
+#include "sync_filter.h"
+#include "unit_map.h"
 
 enum dest_mode {
 	DEST_NEW,     /* a new image under a temporary name, renamed over DST when complete */
@@ -50,6 +54,11 @@ struct dest_opts {
 	/* --no-space-check clears it: refuse early when DST's filesystem
 	 * cannot hold what the copy will write. */
 	bool space_check;
+	/* Keep a digest file (core/digest.h) for DST: digest_file, or
+	 * .NAME.sparsync beside it when NULL. Not for devices (their mtime
+	 * does not change when they are written) nor new overlays. */
+	bool digest;
+	const char *digest_file;
 };
 
 /* dest_begin's data argument when the source's data size is not known. */
@@ -70,6 +79,23 @@ struct dest {
 		struct image_sink image;
 		struct backing_sink backing;
 	} sink;
+	/* The digest file: where it goes (NULL: none is kept), DST's unit
+	 * hashes (loaded from it, or gathered while hashing DST for a sender,
+	 * or built as DST is written), kept current by dsink. */
+	char *digest_path;
+	struct unit_map map;
+	bool map_ready;               /* map is initialised */
+	bool map_knows_dest;          /* map says what DST holds right now */
+	bool digest_loaded;           /* ... because its digest file was valid */
+	const char *digest_why;       /* "used", or why not (static text), for --json */
+	struct digest_info digest_info;
+	struct digest_sink dsink;
+	bool dsink_on;
+	struct sync_table table;      /* local copy with a digest: the filter's list */
+	struct sync_filter filter;
+	bool filter_on;
+	struct sp_stats *st;
+	uint64_t bytes_read;          /* read from DST (hash list, compare, read back) */
 };
 
 /* Classify path and open what must be open before the source is known. */
@@ -87,12 +113,24 @@ bool dest_wants_data_size(const struct dest *d);
  * create the new file, resize the updated one, or check that the device is
  * large enough. Nothing has been written to DST before this returns 0. */
 int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size, uint64_t data);
-/* The sink that writes DST. compare: DST may hold data (an update or a
- * device): read each block first and write only what differs (the local
- * copy); without it every block delivered is written (the receiver, whose
- * sender already compared hashes). */
-struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool compare);
-/* Make the written image final: flush, then rename a new file into place. */
+/* The sink that writes DST for a receiver, whose sender already compared
+ * hashes: every range delivered is written. covered: the sender tells
+ * about every range that is not unchanged, zeros included (CAP_DIGEST),
+ * so a digest file can be kept. */
+struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool covered);
+/* The sink that writes DST for the local copy from src: with a valid
+ * digest file, units are compared by hash and DST is not read; otherwise
+ * an existing DST is read and only what differs is written. */
+struct sink *dest_local_sink(struct dest *d, struct image *src, struct sp_stats *st);
+/* The smallest hash unit for DST's list: its cluster, or 64 KiB. */
+uint32_t dest_min_unit(const struct dest *d);
+/* DST's unit hashes from its digest file (nothing to read), or NULL. */
+const struct unit_map *dest_digest_map(const struct dest *d);
+/* An empty map of this unit for the hash list being made of DST, so that
+ * the digest can start from it; NULL when no digest is kept. */
+struct unit_map *dest_map_to_fill(struct dest *d, uint32_t unit);
+/* Make the written image final: flush, then rename a new file into place;
+ * then save its digest file (or remove one that no longer describes it). */
 int dest_commit(struct dest *d);
 /* Give up, keeping sp_errmsg(): remove a temporary file, or roll an
  * in-place update back through its undo journal (with --inplace, and on a

@@ -239,14 +239,18 @@ size_t proto_encode_end(uint8_t out[PROTO_FRAME_SIZE + PROTO_END_SIZE], const st
 	return seal(out, REC_END, PROTO_END_SIZE);
 }
 
-size_t proto_encode_ack(uint8_t out[PROTO_FRAME_SIZE + PROTO_ACK_SIZE], const struct proto_ack *a)
+size_t proto_encode_ack(uint8_t out[PROTO_FRAME_SIZE + PROTO_ACK_SIZE_DIGEST],
+			const struct proto_ack *a)
 {
 	uint8_t *b = out + PROTO_FRAME_SIZE;
 	put64(b, a->bytes_written);
 	put64(b + 8, a->bytes_received);
 	put64(b + 16, a->blocks_changed);
 	put64(b + 24, a->bytes_unchanged);
-	return seal(out, REC_ACK, PROTO_ACK_SIZE);
+	if (!a->has_dest_read)
+		return seal(out, REC_ACK, PROTO_ACK_SIZE);
+	put64(b + 32, a->dest_bytes_read);
+	return seal(out, REC_ACK, PROTO_ACK_SIZE_DIGEST);
 }
 
 size_t proto_seal_hashes(uint8_t *rec, const struct proto_hashes *h)
@@ -335,7 +339,7 @@ int proto_frame_decode(const struct proto_session *s, const uint8_t hdr[PROTO_FR
 		break;
 	case REC_ZERO: want = PROTO_ZERO_SIZE; break;
 	case REC_END: want = PROTO_END_SIZE; break;
-	case REC_ACK: want = PROTO_ACK_SIZE; break;
+	case REC_ACK: want = s->caps & CAP_DIGEST ? PROTO_ACK_SIZE_DIGEST : PROTO_ACK_SIZE; break;
 	case REC_ERROR:
 		if (n == 0 || n > PROTO_ERROR_MAX)
 			return sp_err("%s: ERROR record of %u bytes (limit %u)", peer, n, PROTO_ERROR_MAX);
@@ -535,12 +539,14 @@ int proto_body_decode(struct proto_session *s, uint8_t type, uint8_t *b, size_t 
 		r->u.end.bytes_unchanged = get64(b + 56);
 		return 0;
 	case REC_ACK:
-		if (len != PROTO_ACK_SIZE)
+		if (len != (s->caps & CAP_DIGEST ? PROTO_ACK_SIZE_DIGEST : PROTO_ACK_SIZE))
 			return sp_err("%s: malformed ACK record", peer);
 		r->u.ack.bytes_written = get64(b);
 		r->u.ack.bytes_received = get64(b + 8);
 		r->u.ack.blocks_changed = get64(b + 16);
 		r->u.ack.bytes_unchanged = get64(b + 24);
+		r->u.ack.has_dest_read = s->caps & CAP_DIGEST;
+		r->u.ack.dest_bytes_read = r->u.ack.has_dest_read ? get64(b + 32) : 0;
 		return 0;
 	case REC_HASHES:
 		return hashes_decode(s, b, len, &r->u.hashes);

@@ -53,7 +53,8 @@
  *              verdicts, for the receiver's statistics)
  *   ERROR  1..1024: message text, one line
  *   ACK    32: u64 bytes written, u64 bytes received, u64 blocks changed,
- *              u64 bytes unchanged (the receiver's counts)
+ *              u64 bytes unchanged (the receiver's counts); with CAP_DIGEST
+ *              40: then u64 bytes the receiver read from its image
  *   HASHES 32 + 16 * count (receiver -> sender, CAP_SYNC only):
  *              u64 image size (the receiver's, as hashed), u64 offset of the
  *              first unit, u32 unit size (power of two, 4 KiB .. 32 MiB, the
@@ -95,6 +96,7 @@ struct transport;
 #define PROTO_ZERO_SIZE 16
 #define PROTO_END_SIZE 64
 #define PROTO_ACK_SIZE 32
+#define PROTO_ACK_SIZE_DIGEST 40 /* with CAP_DIGEST: + u64 destination bytes read */
 #define PROTO_ERROR_MAX 1024
 #define PROTO_HASHES_HEAD 32
 #define PROTO_HASHES_MAX 65536u           /* hashes per HASHES record */
@@ -120,8 +122,13 @@ enum proto_role { ROLE_SENDER = 1, ROLE_RECEIVER = 2 };
 /* IMAGE carries the source's data bytes, for the receiver's free-space
  * check. Never in a stream, which older readers must still read. */
 #define CAP_DATA_SIZE (1ull << 17)
+/* The receiver keeps a digest file: the sender sends a ZERO record for
+ * every zero range that is not unchanged, also where the receiver holds
+ * nothing, so that every byte it does not keep is accounted for (see
+ * core/sink_digest.h); ACK carries the bytes it read from its image. */
+#define CAP_DIGEST (1ull << 18)
 /* What this build can read and write. */
-#define CAP_SUPPORTED (CAP_CODECS_ALL | CAP_HASH_XXH3_128 | CAP_SYNC | CAP_DATA_SIZE)
+#define CAP_SUPPORTED (CAP_CODECS_ALL | CAP_HASH_XXH3_128 | CAP_SYNC | CAP_DATA_SIZE | CAP_DIGEST)
 
 /* HASHES flags. */
 #define HASHES_LAST 0x01u
@@ -183,6 +190,8 @@ struct proto_hashes {
 
 struct proto_ack {
 	uint64_t bytes_written, bytes_received, blocks_changed, bytes_unchanged;
+	bool has_dest_read; /* CAP_DIGEST */
+	uint64_t dest_bytes_read;
 };
 
 struct proto_rec {
@@ -248,7 +257,8 @@ size_t proto_encode_image(uint8_t out[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE_DATA],
 size_t proto_seal_data(uint8_t *rec, const struct proto_data *d);
 size_t proto_encode_zero(uint8_t out[PROTO_FRAME_SIZE + PROTO_ZERO_SIZE], uint64_t off, uint64_t len);
 size_t proto_encode_end(uint8_t out[PROTO_FRAME_SIZE + PROTO_END_SIZE], const struct proto_end *e);
-size_t proto_encode_ack(uint8_t out[PROTO_FRAME_SIZE + PROTO_ACK_SIZE], const struct proto_ack *a);
+size_t proto_encode_ack(uint8_t out[PROTO_FRAME_SIZE + PROTO_ACK_SIZE_DIGEST],
+			const struct proto_ack *a);
 /* rec holds room for the frame and the 32-byte head, then h->count hashes
  * already in place (h->hashes is not read): fill in frame and head, return
  * the record's total size. */

@@ -88,31 +88,35 @@ static int choose_dest(struct receiver *r, bool sync)
 		.out_fmt = o->out_fmt, .create = o->create, .update = sync && !o->whole,
 		.target_is_zero = o->target_is_zero, .inplace = o->inplace,
 		.space_check = !o->no_space_check,
+		/* An archive read into DST (no sender to tell us where its
+		 * zeros are) leaves no digest. */
+		.digest = !o->no_digest && !o->stream, .digest_file = o->digest_file,
 	};
 	int rc = dest_open(&r->d, o->dst_path, &dop);
 	r->have_dest = true;
-	if (rc == 0)
+	if (rc == 0) {
 		r->st->destination = dest_how(&r->d);
+		r->st->digest = r->d.digest_why;
+	}
 	return rc;
 }
 
 /* The hash list: what DST (or the backing image of a new overlay) already
- * holds, or "fresh" for a new DST. */
+ * holds, or "fresh" for a new DST. From DST's digest file when it is
+ * valid: then nothing is read. */
 static int send_hash_list(struct receiver *r)
 {
 	struct image *img = dest_known_image(&r->d);
 	if (!img)
 		return sync_list_write_fresh(r->t, 0);
+	const struct unit_map *known = dest_digest_map(&r->d);
+	if (known)
+		return sync_list_write_map(r->t, known);
 	/* Units line up with the clusters DST allocates. */
-	uint32_t min_unit = SYNC_UNIT_RAW;
-	if (r->d.mode == DEST_OVERLAY)
-		min_unit = r->o->create->cluster_size ? r->o->create->cluster_size : 65536;
-	else if (img->format == FMT_QCOW2)
-		min_unit = img->granularity;
 	uint32_t unit;
-	if (sync_unit_for(img, min_unit, &unit) < 0)
+	if (sync_unit_for(img, dest_min_unit(&r->d), &unit) < 0)
 		return -1;
-	return sync_list_write(r->t, img, unit, r->o->workers);
+	return sync_list_write(r->t, img, unit, r->o->workers, dest_map_to_fill(&r->d, unit));
 }
 
 static int apply(struct receiver *r, struct sink *sink, struct progress *prog)
@@ -179,7 +183,7 @@ static int apply(struct receiver *r, struct sink *sink, struct progress *prog)
  * record is written as it comes. */
 static int receive_body(struct receiver *r, struct progress *prog)
 {
-	struct sink *sink = dest_sink(&r->d, r->st, false);
+	struct sink *sink = dest_sink(&r->d, r->st, r->s.caps & CAP_DIGEST);
 	progress_init(prog, r->o->progress, r->s.image.size);
 	int rc = apply(r, sink, prog);
 	if (rc == 0)
@@ -240,8 +244,10 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 			.bytes_received = r.rd.bytes,
 			.blocks_changed = st->blocks_changed,
 			.bytes_unchanged = st->bytes_unchanged,
+			.has_dest_read = r.s.caps & CAP_DIGEST,
+			.dest_bytes_read = st->dest_bytes_read,
 		};
-		uint8_t b[PROTO_FRAME_SIZE + PROTO_ACK_SIZE];
+		uint8_t b[PROTO_FRAME_SIZE + PROTO_ACK_SIZE_DIGEST];
 		size_t n = proto_encode_ack(b, &a);
 		rc = transport_write(t, b, n);
 	}
@@ -285,7 +291,7 @@ int hashes_serve(struct transport *t, const char *path, enum image_format fmt, u
 	if (rc == 0 && !(img = image_open(path, fmt, IMAGE_RDONLY)))
 		rc = -1;
 	if (rc == 0)
-		rc = sync_list_write(t, img, unit, workers);
+		rc = sync_list_write(t, img, unit, workers, NULL);
 	if (rc < 0)
 		proto_send_error(t, sp_errmsg());
 	image_close(img);

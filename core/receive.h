@@ -23,6 +23,8 @@ struct receive_opts {
 	bool target_is_zero;                      /* a device DST already reads as zeros */
 	bool inplace;                             /* update DST without the undo journal */
 	bool no_space_check;                      /* no free-space check before writing */
+	bool no_digest;                           /* keep no digest file for DST */
+	const char *digest_file;                  /* NULL = .NAME.sparsync beside DST */
 	/* The sender is interactive and takes a hash list (pull, serve --sync):
 	 * send it right after our hello, before reading anything. */
 	bool sync;

@@ -239,6 +239,7 @@ static int send_finish(struct sink *base)
 		return sp_err("%s: unexpected record %u instead of the final ACK", s->s.peer, r.type);
 	s->ack = r.u.ack;
 	st->bytes_written += r.u.ack.bytes_written;
+	st->dest_bytes_read += r.u.ack.dest_bytes_read;
 	st->bytes_received = s->rd.bytes;
 	return 0;
 }
@@ -293,7 +294,7 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 	if (o->sync && !o->stream)
 		caps |= CAP_SYNC;
 	if (!o->stream)
-		caps |= CAP_DATA_SIZE;
+		caps |= CAP_DATA_SIZE | CAP_DIGEST;
 	proto_hello_init(&mine, ROLE_SENDER, o->stream ? HELLO_STREAM : 0, o->block_size, caps);
 	if (proto_write_hello(t, &mine) < 0)
 		return -1;
@@ -310,6 +311,7 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 	if (!proto_codec_allowed(&s->s, o->codec.codec))
 		return sp_err("%s: the remote sparsync cannot decompress %s; use --compress none",
 			      t->name, codec_name(o->codec.codec));
+	s->cover = s->s.caps & CAP_DIGEST;
 	if (s->s.caps & CAP_SYNC)
 		return read_hash_list(s);
 	return 0;

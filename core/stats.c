@@ -29,16 +29,22 @@ void stats_print_json(FILE *f, const char *op, const struct sp_stats *s)
 {
 	fprintf(f,
 		"{\"operation\":\"%s\",\"bytes_virtual\":%llu,\"bytes_read\":%llu,"
+		"\"dest_bytes_read\":%llu,"
 		"\"bytes_written\":%llu,\"bytes_zeroed\":%llu,\"bytes_zero\":%llu,\"bytes_data\":%llu,"
 		"\"bytes_sent\":%llu,\"bytes_received\":%llu,\"blocks_changed\":%llu,"
-		"\"bytes_unchanged\":%llu,%s%s%s\"seconds\":%.3f}\n",
+		"\"bytes_unchanged\":%llu,",
 		op, (unsigned long long)s->bytes_virtual, (unsigned long long)s->bytes_read,
+		(unsigned long long)s->dest_bytes_read,
 		(unsigned long long)s->bytes_written, (unsigned long long)s->bytes_zeroed,
 		(unsigned long long)s->bytes_zero,
 		(unsigned long long)s->bytes_data, (unsigned long long)s->bytes_sent,
 		(unsigned long long)s->bytes_received, (unsigned long long)s->blocks_changed,
-		(unsigned long long)s->bytes_unchanged, s->destination ? "\"destination\":\"" : "",
-		s->destination ? s->destination : "", s->destination ? "\"," : "", s->seconds);
+		(unsigned long long)s->bytes_unchanged);
+	if (s->destination)
+		fprintf(f, "\"destination\":\"%s\",", s->destination);
+	if (s->digest)
+		fprintf(f, "\"digest\":\"%s\",", s->digest);
+	fprintf(f, "\"seconds\":%.3f}\n", s->seconds);
 	fflush(f);
 }
 

@@ -20,10 +20,17 @@ struct sp_stats {
 	uint64_t bytes_received;  /* bytes on the wire, incoming */
 	uint64_t blocks_changed;  /* sync: blocks that differed */
 	uint64_t bytes_unchanged; /* sync: data bytes already identical */
+	/* bytes the destination side read from its image: its hash list, the
+	 * local copy's comparisons (0 for an unchanged sync with a valid
+	 * digest file) */
+	uint64_t dest_bytes_read;
 	double seconds;
 	/* How the destination was written (core/dest.c's dest_how), or NULL
 	 * where this process did not write it. */
 	const char *destination;
+	/* What became of DST's digest file: "used", or why it was not
+	 * (core/digest.c's reasons); NULL when none is kept. */
+	const char *digest;
 };
 
 #define stats_add(field, n) __atomic_add_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)

@@ -5,12 +5,15 @@
 #include "error.h"
 #include "protocol.h"
 #include "sync_hash.h"
+#include "unit_map.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 struct list_writer {
 	struct transport *t;
+	struct unit_map *fill;
+	struct hash128 zero;
 	uint8_t *rec;            /* PROTO_HASHES_AT + PROTO_HASHES_MAX hashes */
 	struct proto_hashes h;   /* the record being filled */
 };
@@ -38,13 +41,18 @@ static int emit(void *ctx, uint64_t off, const struct hash128 *h, uint32_t count
 			w->h.offset = o;
 		memcpy(w->rec + PROTO_HASHES_AT + (size_t)w->h.count * HASH_SIZE, h[i].b, HASH_SIZE);
 		w->h.count++;
+		if (w->fill && !hash128_equal(&h[i], &w->zero) &&
+		    unit_map_set(w->fill, o >> w->fill->unit_bits, &h[i]) < 0)
+			return -1;
 	}
 	return 0;
 }
 
-int sync_list_write(struct transport *t, struct image *img, uint32_t unit, unsigned workers)
+int sync_list_write(struct transport *t, struct image *img, uint32_t unit, unsigned workers,
+		    struct unit_map *fill)
 {
-	struct list_writer w = { .t = t };
+	struct list_writer w = { .t = t, .fill = fill };
+	sync_zero_hash(unit, &w.zero);
 	w.h.size = img->size;
 	w.h.unit = unit;
 	w.rec = malloc(PROTO_HASHES_AT + (size_t)PROTO_HASHES_MAX * HASH_SIZE);
@@ -69,4 +77,28 @@ int sync_list_write_fresh(struct transport *t, uint64_t size)
 	};
 	size_t n = proto_seal_hashes(rec, &h);
 	return transport_write(t, rec, n);
+}
+
+int sync_list_write_map(struct transport *t, const struct unit_map *m)
+{
+	struct list_writer w = { .t = t };
+	w.h.size = m->size;
+	w.h.unit = m->unit;
+	w.rec = malloc(PROTO_HASHES_AT + (size_t)PROTO_HASHES_MAX * HASH_SIZE);
+	if (!w.rec)
+		return sp_err("out of memory for the hash list");
+	uint64_t u = 0, f;
+	struct hash128 h;
+	int rc = 0;
+	while (rc == 0 && unit_map_next(m, u, &f, &h)) {
+		rc = emit(&w, f << m->unit_bits, &h, 1);
+		u = f + 1;
+	}
+	if (rc == 0) {
+		if (w.h.count == 0)
+			w.h.offset = 0;
+		rc = flush_rec(&w, HASHES_LAST);
+	}
+	free(w.rec);
+	return rc;
 }

@@ -2,6 +2,7 @@
 
 #include "error.h"
 #include "sync_hash.h"
+#include "unit_map.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -127,4 +128,33 @@ bool sync_table_next(const struct sync_table *t, uint64_t u, size_t *idx, uint64
 	*idx = t->runs[nr].at;
 	*unit_out = t->runs[nr].first;
 	return true;
+}
+
+int sync_table_from_map(struct sync_table *t, const struct unit_map *m)
+{
+	uint8_t *buf = malloc((size_t)PROTO_HASHES_MAX * HASH_SIZE);
+	if (!buf)
+		return sp_err("out of memory for a hash list");
+	struct proto_hashes h = { .size = m->size, .unit = m->unit };
+	uint64_t u = 0, f;
+	struct hash128 hash;
+	int rc = 0;
+	while (rc == 0 && unit_map_next(m, u, &f, &hash)) {
+		if (h.count && (h.count == PROTO_HASHES_MAX || f != (h.offset >> m->unit_bits) + h.count)) {
+			h.hashes = buf;
+			rc = sync_table_add(t, &h);
+			h.count = 0;
+		}
+		if (h.count == 0)
+			h.offset = f << m->unit_bits;
+		memcpy(buf + (size_t)h.count * HASH_SIZE, hash.b, HASH_SIZE);
+		h.count++;
+		u = f + 1;
+	}
+	h.flags = HASHES_LAST;
+	h.hashes = buf;
+	if (rc == 0)
+		rc = sync_table_add(t, &h);
+	free(buf);
+	return rc;
 }

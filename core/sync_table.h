@@ -45,6 +45,11 @@ int sync_table_add(struct sync_table *t, const struct proto_hashes *h);
  * peer returns PROTO_PEER_FAILED with its message set. */
 int sync_table_read(struct sync_table *t, struct proto_reader *r);
 
+struct unit_map;
+/* The table of what a digest file says DST holds (the local copy's list,
+ * in place of a receiver's). */
+int sync_table_from_map(struct sync_table *t, const struct unit_map *m);
+
 /* Entry index of unit u, or -1 when the receiver does not hold it. */
 long sync_table_find(const struct sync_table *t, uint64_t u);
 /* The first entry at unit >= u: *idx and *unit_out; false when none. */

@@ -28,6 +28,15 @@ uint64_t unit_map_units(const struct unit_map *m)
 	return (m->size >> m->unit_bits) + ((m->size & (m->unit - 1)) != 0);
 }
 
+void unit_map_resize(struct unit_map *m, uint64_t size)
+{
+	uint64_t old = unit_map_units(m);
+	m->size = size;
+	uint64_t now = unit_map_units(m);
+	if (now < old)
+		unit_map_clear_range(m, now, old);
+}
+
 /* Position of the first chunk with index >= ci. */
 static size_t lower_bound(const struct unit_map *m, uint64_t ci)
 {

@@ -39,6 +39,10 @@ struct unit_map {
 /* unit: a power of two. */
 void unit_map_init(struct unit_map *m, uint64_t size, uint32_t unit);
 void unit_map_free(struct unit_map *m);
+/* The image now has `size` bytes: units wholly past it go. A unit the
+ * new end cuts keeps its hash: the sender compares it as it was hashed, and
+ * any difference rewrites all of it. */
+void unit_map_resize(struct unit_map *m, uint64_t size);
 /* Units of the image: the last one may extend past its end. */
 uint64_t unit_map_units(const struct unit_map *m);
 /* -1 (message set) when out of memory or u is past the image. */

@@ -426,8 +426,8 @@ static void test_records(void)
 	eb[PROTO_FRAME_SIZE] ^= 1;
 	CHECK("corrupt ERROR record refused", decode(&s, eb, en, &r) < 0 && msg_has("checksum mismatch"));
 	CHECK("oversized ERROR refused", proto_frame_decode(&s, hdr, &(uint8_t){ 0 }, &(uint32_t){ 0 }) < 0);
-	uint8_t ab[PROTO_FRAME_SIZE + PROTO_ACK_SIZE];
-	struct proto_ack ack = { 11, 22, 33, 44 };
+	uint8_t ab[PROTO_FRAME_SIZE + PROTO_ACK_SIZE_DIGEST];
+	struct proto_ack ack = { 11, 22, 33, 44, true, 55 };
 	proto_encode_ack(ab, &ack);
 	CHECK("ACK refused by a receiver", decode(&s, ab, sizeof ab, &r) < 0 && msg_has("unexpected"));
 	{
@@ -438,7 +438,21 @@ static void test_records(void)
 		proto_negotiate(&ss, "peer", ROLE_SENDER, &snd, &rcv);
 		CHECK("ACK round trip at the sender", decode(&ss, ab, sizeof ab, &r) == 0 &&
 							      r.u.ack.bytes_written == 11 &&
-							      r.u.ack.bytes_unchanged == 44);
+							      r.u.ack.bytes_unchanged == 44 &&
+							      r.u.ack.dest_bytes_read == 55);
+		/* Without CAP_DIGEST the ACK is the 32-byte one, and a 40-byte
+		 * one is refused. */
+		struct proto_session old;
+		proto_hello_init(&rcv, ROLE_RECEIVER, 0, PROTO_BLOCK_MAX, CAP_SUPPORTED & ~CAP_DIGEST);
+		proto_negotiate(&old, "peer", ROLE_SENDER, &snd, &rcv);
+		CHECK("40-byte ACK refused without CAP_DIGEST", decode(&old, ab, sizeof ab, &r) < 0);
+		uint8_t ab32[PROTO_FRAME_SIZE + PROTO_ACK_SIZE_DIGEST];
+		struct proto_ack ack32 = { 1, 2, 3, 4, false, 0 };
+		size_t n32 = proto_encode_ack(ab32, &ack32);
+		CHECK("32-byte ACK without CAP_DIGEST", n32 == PROTO_FRAME_SIZE + PROTO_ACK_SIZE &&
+							   decode(&old, ab32, n32, &r) == 0 &&
+							   r.u.ack.bytes_unchanged == 4 &&
+							   r.u.ack.dest_bytes_read == 0);
 		n = make_data(rec, 0, text, 100, WIRE_NONE);
 		CHECK("DATA refused by a sender", decode(&ss, rec, n, &r) < 0);
 	}
