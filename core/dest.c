@@ -306,10 +306,13 @@ static int check_space(const struct dest *d, uint64_t data)
 /* The unit map the digest sink keeps current: the one loaded or gathered
  * (resized with DST), else a new one: empty for a new DST; for an update
  * read by the local copy, empty and built as every range goes by. */
-static int begin_map(struct dest *d, uint64_t size)
+static int begin_map(struct dest *d, uint64_t src_size)
 {
+	d->src_size = src_size;
 	if (!d->digest_path)
 		return 0;
+	/* The map covers DST as it is now (qcow2 rounds its size up). */
+	uint64_t size = d->img->size;
 	if (d->map_ready) {
 		unit_map_resize(&d->map, size);
 		return 0;
@@ -376,7 +379,7 @@ static struct sink *with_digest(struct dest *d, struct sink *inner, struct sp_st
 {
 	if (!d->digest_path || !d->map_ready)
 		return inner;
-	digest_sink_init(&d->dsink, inner, d->img, &d->map, st, d->map_knows_dest);
+	digest_sink_init(&d->dsink, inner, d->img, &d->map, d->src_size, st, d->map_knows_dest);
 	d->dsink_on = true;
 	return &d->dsink.base;
 }

@@ -95,6 +95,7 @@ struct dest {
 	struct sync_filter filter;
 	bool filter_on;
 	struct sp_stats *st;
+	uint64_t src_size;            /* from dest_begin */
 	uint64_t bytes_read;          /* read from DST (hash list, compare, read back) */
 };
 

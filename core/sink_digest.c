@@ -16,11 +16,13 @@ struct pending_unit {
 	uint8_t *buf;      /* the unit, zeros where nothing (or zeros) arrived */
 };
 
-/* Bytes of unit u inside the image (the last unit may be short). */
+/* Bytes of unit u that the source delivers (the last one may be short;
+ * what DST holds past the source's end, qcow2's rounding to 512 bytes,
+ * reads as zeros like the padding of the hash). */
 static uint64_t unit_bytes(const struct digest_sink *s, uint64_t u)
 {
 	uint64_t start = u << s->map->unit_bits;
-	return s->map->size - start < s->map->unit ? s->map->size - start : s->map->unit;
+	return s->end - start < s->map->unit ? s->end - start : s->map->unit;
 }
 
 /* With the lock held: record unit u's new hash. A unit of zeros reads as
@@ -234,7 +236,7 @@ static const struct sink_ops digest_ops = {
 };
 
 void digest_sink_init(struct digest_sink *s, struct sink *inner, struct image *img,
-		      struct unit_map *map, struct sp_stats *st, bool knows_dest)
+		      struct unit_map *map, uint64_t src_size, struct sp_stats *st, bool knows_dest)
 {
 	memset(s, 0, sizeof *s);
 	s->base.ops = &digest_ops;
@@ -242,6 +244,7 @@ void digest_sink_init(struct digest_sink *s, struct sink *inner, struct image *i
 	s->inner = inner;
 	s->img = img;
 	s->map = map;
+	s->end = src_size < map->size ? src_size : map->size;
 	s->valid = true;
 	s->knows_dest = knows_dest;
 	sync_zero_hash(map->unit, &s->zero);

@@ -29,6 +29,7 @@ struct digest_sink {
 	struct sink *inner;
 	struct image *img;          /* the destination, to read back what is missing */
 	struct unit_map *map;       /* not owned */
+	uint64_t end;               /* the source's size: ranges arrive up to it */
 	struct hash128 zero;        /* hash of one unit of zeros */
 	pthread_mutex_t lock;
 	struct pending_unit *pending; /* list, few at a time */
@@ -40,7 +41,7 @@ struct digest_sink {
 };
 
 void digest_sink_init(struct digest_sink *s, struct sink *inner, struct image *img,
-		      struct unit_map *map, struct sp_stats *st, bool knows_dest);
+		      struct unit_map *map, uint64_t src_size, struct sp_stats *st, bool knows_dest);
 void digest_sink_free(struct digest_sink *s);
 
 #endif
