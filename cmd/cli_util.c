@@ -40,6 +40,7 @@ int cli_shared_option(struct copy_cli *cli, const char *cmd, int c, const char *
 		cli->port = (int)v;
 		return 0;
 	case 'i': cli->identity = arg; return 0;
+	case 'U': cli->force_share = true; return 0;
 	case 'e': cli->rsh = arg; return 0;
 	case OPT_KNOWN_HOSTS: cli->known_hosts = arg; return 0;
 	case OPT_ACCEPT_NEW: cli->accept_new_host_key = true; return 0;

@@ -34,6 +34,8 @@ static const char copy_usage[] =
 	"  --digest-file PATH      keep DST's digest file (its block hashes, so the next\n"
 	"                          sync need not read DST) at PATH, not .DST.sparsync\n"
 	"  --no-digest             keep no digest file; the next sync reads DST\n"
+	"  -U, --force-share       read SRC even while another program (a running VM)\n"
+	"                          has it open for writing, like qemu-img -U\n"
 	"  -j N                    worker threads (default: number of cores)\n"
 	"Remote options:\n"
 	"  -p PORT                 ssh port (default 22)\n"
@@ -79,7 +81,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 	};
 	int c;
 	uint64_t v;
-	while ((c = getopt_long(argc, argv, "f:O:c:j:p:i:e:Pqh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:O:c:j:p:i:e:UPqh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 		case 'O': {

@@ -25,7 +25,8 @@ static void engine_opts(const struct copy_cli *cli, const struct image *dst, str
 int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 {
 	const char *dpath = cli->dst.path;
-	struct image *src = image_open(cli->src.path, cli->in_fmt, IMAGE_RDONLY);
+	struct image *src = image_open(cli->src.path, cli->in_fmt,
+				       IMAGE_RDONLY | (cli->force_share ? IMAGE_FORCE_SHARE : 0));
 	if (!src)
 		return -1;
 	struct stat ss, ds;

@@ -128,6 +128,8 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 			cl_opt(&c, "-c", "zlib");
 	} else {
 		cl_opt(&c, "--send", path);
+		if (cli->force_share)
+			cl_opt(&c, "-U", NULL);
 		if (cli->in_fmt != FMT_AUTO)
 			cl_opt(&c, "-f", image_format_name(cli->in_fmt));
 		if (cli->wire_compress)
@@ -168,6 +170,8 @@ struct transport *remote_open_hashes(const struct copy_cli *cli, const struct en
 	char num[32];
 	serve_prefix(&c, cli);
 	cl_opt(&c, "--hashes", ep->path);
+	if (cli->force_share)
+		cl_opt(&c, "-U", NULL);
 	snprintf(num, sizeof num, "%u", unit);
 	cl_opt(&c, "--hash-unit", num);
 	if (cli->in_fmt != FMT_AUTO)
@@ -250,7 +254,7 @@ static int send_image(const struct copy_cli *cli, struct image *src, struct tran
 
 static int push(const struct copy_cli *cli, struct sp_stats *st)
 {
-	struct image *src = image_open(cli->src.path, cli->in_fmt, IMAGE_RDONLY);
+	struct image *src = image_open(cli->src.path, cli->in_fmt, IMAGE_RDONLY | (cli->force_share ? IMAGE_FORCE_SHARE : 0));
 	if (!src)
 		return -1;
 	char *cmd = serve_command(cli, true, cli->dst.path);
@@ -293,7 +297,7 @@ static int stream_out(const struct copy_cli *cli, struct sp_stats *st)
 {
 	if (isatty(STDOUT_FILENO))
 		return sp_err("stdout is a terminal; redirect the stream to a file or a pipe");
-	struct image *src = image_open(cli->src.path, cli->in_fmt, IMAGE_RDONLY);
+	struct image *src = image_open(cli->src.path, cli->in_fmt, IMAGE_RDONLY | (cli->force_share ? IMAGE_FORCE_SHARE : 0));
 	if (!src)
 		return -1;
 	struct transport *t = transport_fd_open(-1, STDOUT_FILENO, "stdout");

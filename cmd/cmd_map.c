@@ -13,12 +13,14 @@
 #define MAP_CHUNK (1u << 20)
 
 static const char map_usage[] =
-	"usage: sparsync map [--json] [-f raw|qcow2] IMAGE\n"
+	"usage: sparsync map [--json] [-f raw|qcow2] [-U] IMAGE\n"
 	"Print which ranges of IMAGE are allocated (data) and which read as zeros.\n"
 	"A block device has no allocation map: it is read, and what reads as zeros\n"
 	"is shown as zero.\n"
 	"  --json         a JSON array like 'qemu-img map --output=json'\n"
-	"  -f FORMAT      do not detect the format, use FORMAT\n";
+	"  -f FORMAT      do not detect the format, use FORMAT\n"
+	"  -U             read IMAGE even while another program has it open for\n"
+	"                 writing (--force-share, like qemu-img map -U)\n";
 
 static void print_run(bool json, bool *first, uint64_t start, uint64_t len, enum extent_kind k)
 {
@@ -60,14 +62,17 @@ int cmd_map(int argc, char **argv)
 		{ "json", no_argument, NULL, 'J' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "format", required_argument, NULL, 'f' },
+		{ "force-share", no_argument, NULL, 'U' },
 		{ 0, 0, 0, 0 },
 	};
 	bool json = false;
 	enum image_format fmt = FMT_AUTO;
 	int c;
-	while ((c = getopt_long(argc, argv, "hf:", opts, NULL)) != -1) {
+	int ro = IMAGE_RDONLY;
+	while ((c = getopt_long(argc, argv, "hf:U", opts, NULL)) != -1) {
 		switch (c) {
 		case 'J': json = true; break;
+		case 'U': ro |= IMAGE_FORCE_SHARE; break;
 		case 'f':
 			if ((fmt = image_format_parse(optarg)) == FMT_AUTO)
 				return usage_error("map", "unknown format '%s'", optarg);
@@ -79,7 +84,7 @@ int cmd_map(int argc, char **argv)
 	if (argc - optind != 1)
 		return usage_error("map", "expected one IMAGE");
 
-	struct image *img = image_open(argv[optind], fmt, IMAGE_RDONLY);
+	struct image *img = image_open(argv[optind], fmt, ro);
 	if (!img)
 		return fail();
 	unsigned char *buf = img->alloc_unknown ? malloc(MAP_CHUNK) : NULL;

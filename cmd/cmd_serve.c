@@ -24,8 +24,8 @@ static const char serve_usage[] =
 	"                      [--sync] [--backing FILE] [--whole] [--target-is-zero]\n"
 	"                      [--inplace] [--no-space-check] [--no-digest]\n"
 	"                      [--digest-file PATH]\n"
-	"       sparsync serve --send PATH [-f raw|qcow2] [--compress C] [--bwlimit RATE]\n"
-	"       sparsync serve --hashes PATH [-f raw|qcow2] [--hash-unit SIZE]\n"
+	"       sparsync serve --send PATH [-f raw|qcow2] [-U] [--compress C] [--bwlimit RATE]\n"
+	"       sparsync serve --hashes PATH [-f raw|qcow2] [-U] [--hash-unit SIZE]\n"
 	"Each also takes -j N and --timeout SECONDS.\n"
 	"The remote half of 'sparsync copy' and 'sparsync verify', started by them\n"
 	"over ssh: speaks the sparsync protocol on stdin/stdout. Not meant to be run\n"
@@ -43,7 +43,7 @@ struct serve_args {
 	struct image_create_opts create;
 	struct codec_choice codec;
 	uint64_t bwlimit;
-	bool whole, sync, target_is_zero, inplace, no_space_check, no_digest;
+	bool whole, sync, target_is_zero, inplace, no_space_check, no_digest, force_share;
 	const char *digest_file;
 	uint32_t hash_unit;
 	unsigned workers;
@@ -77,7 +77,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 	a->codec.codec = WIRE_ZSTD;
 	a->codec.level = 1;
 	a->hash_unit = SYNC_UNIT_RAW;
-	while ((c = getopt_long(argc, argv, "f:O:c:j:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:O:c:j:Uh", opts, NULL)) != -1) {
 		switch (c) {
 		case OPT_RECEIVE: a->receive = optarg; break;
 		case OPT_SEND: a->send = optarg; break;
@@ -88,6 +88,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		case OPT_INPLACE: a->inplace = true; break;
 		case OPT_NO_SPACE: a->no_space_check = true; break;
 		case OPT_NO_DIGEST: a->no_digest = true; break;
+		case 'U': a->force_share = true; break;
 		case OPT_DIGEST_FILE: a->digest_file = optarg; break;
 		case OPT_SYNC: a->sync = true; break;
 		case OPT_HASH_UNIT:
@@ -155,7 +156,8 @@ static int serve_send(struct transport *t, const struct serve_args *a)
 	/* Open first to learn the block size, but report a failure only after
 	 * the hellos, so that even "no such file" travels as an ERROR record. */
 	char open_err[1024] = "";
-	struct image *src = image_open(a->send, a->in_fmt, IMAGE_RDONLY);
+	struct image *src = image_open(a->send, a->in_fmt,
+				       IMAGE_RDONLY | (a->force_share ? IMAGE_FORCE_SHARE : 0));
 	if (!src)
 		snprintf(open_err, sizeof open_err, "%s", sp_errmsg());
 	struct send_opts so = { .codec = a->codec, .block_size = BLOCK_SIZE_DEFAULT, .sync = true };
@@ -208,7 +210,7 @@ int cmd_serve(int argc, char **argv)
 		};
 		rc = receive_run(t, &ro, &st);
 	} else if (a.hashes) {
-		rc = hashes_serve(t, a.hashes, a.in_fmt, a.hash_unit, a.workers);
+		rc = hashes_serve(t, a.hashes, a.in_fmt, a.hash_unit, a.workers, a.force_share);
 	} else {
 		rc = serve_send(t, &a);
 	}

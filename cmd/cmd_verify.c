@@ -27,6 +27,8 @@ static const char verify_usage[] =
 	"\n"
 	"  -f raw|qcow2            SRC format (default: detected)\n"
 	"  -F raw|qcow2            DST format (default: detected)\n"
+	"  -U, --force-share       read images that another program has open for\n"
+	"                          writing, like qemu-img compare -U\n"
 	"  -j N                    hashing threads (default: number of cores)\n"
 	"  -q, --quiet             print nothing, only the exit status tells\n"
 	"Remote options (as for copy):\n"
@@ -56,7 +58,7 @@ static int parse(int argc, char **argv, struct verify_args *a)
 	};
 	struct copy_cli *cli = &a->cli;
 	int c;
-	while ((c = getopt_long(argc, argv, "f:F:j:p:i:e:qh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:F:j:p:i:e:Uqh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 		case 'F': {
@@ -94,12 +96,13 @@ static int compare(struct verify_args *a, struct verify_result *res)
 	bool src_far = cli->src.kind == EP_REMOTE, dst_far = cli->dst.kind == EP_REMOTE;
 	const struct endpoint *near = src_far ? &cli->dst : &cli->src;
 	enum image_format near_fmt = a->fmt[src_far];
-	struct image *img = image_open(near->path, near_fmt, IMAGE_RDONLY);
+	int ro = IMAGE_RDONLY | (cli->force_share ? IMAGE_FORCE_SHARE : 0);
+	struct image *img = image_open(near->path, near_fmt, ro);
 	if (!img)
 		return -1;
 	int rc;
 	if (!src_far && !dst_far) {
-		struct image *other = image_open(cli->dst.path, a->fmt[1], IMAGE_RDONLY);
+		struct image *other = image_open(cli->dst.path, a->fmt[1], ro);
 		rc = other ? verify_local(img, other, res) : -1;
 		image_close(other);
 		image_close(img);

@@ -20,6 +20,7 @@ struct copy_cli {
 	bool inplace;               /* --inplace: update DST without the undo journal */
 	bool no_space_check;        /* --no-space-check */
 	bool no_digest;             /* --no-digest */
+	bool force_share;           /* -U: read images other programs write (image_lock.h) */
 	const char *digest_file;    /* --digest-file PATH */
 	enum progress_mode progress;
 	bool quiet;
@@ -46,7 +47,8 @@ enum {
 	{ "accept-new-host-key", no_argument, NULL, OPT_ACCEPT_NEW }, \
 	{ "remote-path", required_argument, NULL, OPT_REMOTE_PATH }, \
 	{ "timeout", required_argument, NULL, OPT_TIMEOUT }, \
-	{ "rsh", required_argument, NULL, 'e' }
+	{ "rsh", required_argument, NULL, 'e' }, \
+	{ "force-share", no_argument, NULL, 'U' }
 
 /* The shared options -j -p -i -e --known-hosts --accept-new-host-key
  * --remote-path --timeout (cli_util.c): stores option c with argument arg in cli and

@@ -4,6 +4,7 @@
 #include "paths.h"
 #include "protocol.h"
 #include "sync_hash.h"
+#include "../formats/image_lock.h"
 #include "../formats/qcow2.h"
 #include "../formats/undo.h"
 
@@ -133,8 +134,31 @@ static int open_device(struct dest *d)
 	return 0;
 }
 
+static void unguard(struct dest *d)
+{
+	if (d->guard_fd >= 0)
+		close(d->guard_fd);
+	d->guard_fd = -1;
+}
+
+/* An existing file that will be replaced: nobody may have it open as
+ * QEMU does (a VM writing it would go on writing the unlinked old file),
+ * and while we hold this, nobody can start to. */
+static int guard(struct dest *d)
+{
+	d->guard_fd = open(d->real_path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (d->guard_fd < 0)
+		return sp_err("%s: %s", d->path, strerror(errno));
+	if (image_lock_write(d->guard_fd, d->path) < 0) {
+		unguard(d);
+		return -1;
+	}
+	return 0;
+}
+
 static int open_kind(struct dest *d, const char *path, const struct dest_opts *o)
 {
+	d->guard_fd = -1;
 	d->o = *o;
 	d->existing = FMT_AUTO;
 	d->path = strdup(path);
@@ -157,18 +181,26 @@ static int open_kind(struct dest *d, const char *path, const struct dest_opts *o
 				d->path);
 		d->existing = image_detect_path(d->real_path);
 	}
+	if (S_ISREG(sb.st_mode) && guard(d) < 0)
+		return -1;
 	if (o->create && o->create->backing)
 		return open_backing(d);
 	d->mode = DEST_NEW;
 	enum image_format fmt = image_output_format(o->out_fmt, d->path, d->existing, FMT_AUTO);
 	if (!o->update || d->existing == FMT_AUTO || d->existing != fmt)
 		return 0;
+	/* The image's own locks replace the guard's (two open files of ours
+	 * would see each other's). */
+	unguard(d);
 	struct image *img = image_open(d->real_path, fmt, IMAGE_RDWR);
-	if (!img)
-		return fmt == FMT_QCOW2 ? not_updatable(d) : -1;
+	if (!img) {
+		if (fmt != FMT_QCOW2)
+			return -1;
+		return not_updatable(d) < 0 ? -1 : guard(d);
+	}
 	if (wants_new_layout(o->create, img)) {
 		image_close(img);
-		return 0;
+		return guard(d);
 	}
 	image_set_name(img, d->path);
 	d->img = img;
@@ -477,6 +509,7 @@ void dest_close(struct dest *d)
 		dest_abort(d);
 	image_close(d->backing);
 	d->backing = NULL;
+	unguard(d);
 	if (d->filter_on)
 		sync_filter_free(&d->filter);
 	sync_table_free(&d->table);

@@ -75,6 +75,9 @@ struct dest {
 	struct replacement repl;      /* NEW/OVERLAY */
 	struct undo *undo;            /* UPDATE without --inplace: the undo journal */
 	bool replacing;
+	/* An existing file to be replaced: held open under QEMU's image
+	 * locks until then (core/dest.c's guard). */
+	int guard_fd;
 	union {
 		struct image_sink image;
 		struct backing_sink backing;

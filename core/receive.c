@@ -275,7 +275,7 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 }
 
 int hashes_serve(struct transport *t, const char *path, enum image_format fmt, uint32_t unit,
-		 unsigned workers)
+		 unsigned workers, bool force_share)
 {
 	/* Hello, then the list at once (nothing to wait for: the client asked
 	 * for it by running us); an ERROR record instead when we cannot. */
@@ -288,7 +288,7 @@ int hashes_serve(struct transport *t, const char *path, enum image_format fmt, u
 	if (unit < SYNC_UNIT_MIN || unit > SYNC_UNIT_MAX || (unit & (unit - 1)))
 		rc = sp_err("hash unit %u is not a power of two from %u to %u", unit, SYNC_UNIT_MIN,
 			    SYNC_UNIT_MAX);
-	if (rc == 0 && !(img = image_open(path, fmt, IMAGE_RDONLY)))
+	if (rc == 0 && !(img = image_open(path, fmt, IMAGE_RDONLY | (force_share ? IMAGE_FORCE_SHARE : 0))))
 		rc = -1;
 	if (rc == 0)
 		rc = sync_list_write(t, img, unit, workers, NULL);

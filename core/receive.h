@@ -50,6 +50,6 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 /* `serve --hashes`: write a receiver's hello and, at once, the hash list
  * of the image at path in `unit`-byte units (for verify). */
 int hashes_serve(struct transport *t, const char *path, enum image_format fmt, uint32_t unit,
-		 unsigned workers);
+		 unsigned workers, bool force_share);
 
 #endif

@@ -1,4 +1,5 @@
 #include "image.h"
+#include "image_lock.h"
 #include "undo.h"
 #include "writeback.h"
 
@@ -110,6 +111,11 @@ struct image *image_open(const char *path, enum image_format fmt, int flags)
 		close(fd);
 		return NULL;
 	}
+	if ((rw ? image_lock_write(fd, path)
+		: image_lock_read(fd, path, flags & IMAGE_FORCE_SHARE)) < 0) {
+		close(fd);
+		return NULL;
+	}
 	if (fmt == FMT_AUTO)
 		fmt = image_detect_fd(fd);
 	/* Constructors own fd from here on, closing it on failure. A device
@@ -118,7 +124,7 @@ struct image *image_open(const char *path, enum image_format fmt, int flags)
 	if (S_ISBLK(st.st_mode) && (rw || fmt != FMT_QCOW2))
 		return blockdev_open(path, fd, rw);
 	switch (fmt) {
-	case FMT_QCOW2: return qcow2_open(path, fd, rw);
+	case FMT_QCOW2: return qcow2_open(path, fd, rw, flags & IMAGE_FORCE_SHARE);
 	default: return raw_open(path, fd, rw);
 	}
 }
@@ -129,9 +135,14 @@ struct image *image_create(const char *path, enum image_format fmt, uint64_t siz
 	static const struct image_create_opts defaults;
 	if (!opts)
 		opts = &defaults;
-	if (fmt == FMT_QCOW2)
-		return qcow2_create(path, size, opts);
-	return raw_create(path, size);
+	struct image *img = fmt == FMT_QCOW2 ? qcow2_create(path, size, opts) : raw_create(path, size);
+	/* Nobody else can have it open yet; the locks keep it so (a VM
+	 * cannot be started on it) until we are done. */
+	if (img && image_lock_write(img->fd, path) < 0) {
+		image_close(img);
+		return NULL;
+	}
+	return img;
 }
 
 struct image *image_alloc(const struct image_ops *ops, const char *path, int fd,

@@ -76,7 +76,13 @@ struct image {
 	void *priv;
 };
 
-enum image_open_flags { IMAGE_RDONLY = 0, IMAGE_RDWR = 1 };
+enum image_open_flags {
+	IMAGE_RDONLY = 0,
+	IMAGE_RDWR = 1,
+	/* Read even what another program holds open for writing (qemu-img
+	 * -U): no image locks are taken or looked at (image_lock.h). */
+	IMAGE_FORCE_SHARE = 2,
+};
 
 const char *image_format_name(enum image_format f);
 /* "raw" / "qcow2" -> format; FMT_AUTO when unknown. */
@@ -89,7 +95,9 @@ enum image_format image_detect_path(const char *path);
 void image_set_name(struct image *img, const char *name);
 
 /* Opens image files and block devices (a device opened to write is opened
- * O_EXCL: a mounted filesystem or a device in use is refused). Anything
+ * O_EXCL: a mounted filesystem or a device in use is refused), taking
+ * QEMU's image locks (image_lock.h): an image another program writes is
+ * not read (unless IMAGE_FORCE_SHARE), one it has open is not written. Anything
  * whose size cannot be known (character device, FIFO, socket) is refused
  * before it is opened, so a FIFO cannot block us. */
 struct image *image_open(const char *path, enum image_format fmt, int flags);
@@ -103,7 +111,7 @@ struct image *image_create(const char *path, enum image_format fmt, uint64_t siz
 struct image *raw_open(const char *path, int fd, bool writable);
 struct image *raw_create(const char *path, uint64_t size);
 struct image *blockdev_open(const char *path, int fd, bool writable);
-struct image *qcow2_open(const char *path, int fd, bool writable);
+struct image *qcow2_open(const char *path, int fd, bool writable, bool force_share);
 struct image *qcow2_create(const char *path, uint64_t size, const struct image_create_opts *opts);
 
 /* A backing file name as stored in an overlay: absolute, or relative to

@@ -141,9 +141,11 @@ struct qcow2_chain {
 	unsigned depth;                  /* 0 for the image the user named */
 	uint64_t dev, ino;
 	const char *path;
+	bool force_share;                /* -U: take no image locks (image_lock.h) */
 };
 /* Read-only qcow2 open as part of a chain (above = NULL at the top). Owns fd. */
-struct image *qcow2_open_in_chain(const char *path, int fd, const struct qcow2_chain *above);
+struct image *qcow2_open_in_chain(const char *path, int fd, const struct qcow2_chain *above,
+				  bool force_share);
 /* Open the backing image that h names, relative to the overlay's directory,
  * in the format the header extension gives (detected when absent). */
 struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow2_chain *self);

@@ -2,6 +2,7 @@
  * open it read-only in the right format, and refuse loops (the same file
  * twice in the chain) and chains deeper than QCOW2_MAX_BACKING_DEPTH. */
 #include "qcow2.h"
+#include "image_lock.h"
 
 #include "../core/error.h"
 
@@ -54,6 +55,11 @@ struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow
 		close(fd);
 		goto out;
 	}
+	/* QEMU locks every member of a chain it reads: so do we. */
+	if (image_lock_read(fd, path, self->force_share) < 0) {
+		close(fd);
+		goto out;
+	}
 	for (const struct qcow2_chain *c = self; c; c = c->above) {
 		if (c->dev == (uint64_t)st.st_dev && c->ino == (uint64_t)st.st_ino) {
 			sp_err("%s: backing file %s loops back to %s (backing chain loop)", self->path,
@@ -66,7 +72,7 @@ struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow
 	if (fmt == FMT_AUTO)
 		fmt = image_detect_fd(fd);
 	if (fmt == FMT_QCOW2)
-		img = qcow2_open_in_chain(path, fd, self);
+		img = qcow2_open_in_chain(path, fd, self, self->force_share);
 	else if (S_ISBLK(st.st_mode))
 		img = blockdev_open(path, fd, false);
 	else

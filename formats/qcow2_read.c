@@ -554,7 +554,8 @@ static void point_stats(struct image *img, uint64_t *stat)
 	}
 }
 
-struct image *qcow2_open_in_chain(const char *path, int fd, const struct qcow2_chain *above)
+struct image *qcow2_open_in_chain(const char *path, int fd, const struct qcow2_chain *above,
+				   bool force_share)
 {
 	struct image *img = NULL;
 	struct qcow2 *q = calloc(1, sizeof *q);
@@ -599,6 +600,7 @@ struct image *qcow2_open_in_chain(const char *path, int fd, const struct qcow2_c
 			.dev = (uint64_t)st.st_dev,
 			.ino = (uint64_t)st.st_ino,
 			.path = path,
+			.force_share = force_share,
 		};
 		if (!(q->backing = qcow2_open_backing(&q->h, &self)))
 			goto fail;
@@ -613,9 +615,9 @@ fail:
 	return NULL;
 }
 
-struct image *qcow2_open(const char *path, int fd, bool writable)
+struct image *qcow2_open(const char *path, int fd, bool writable, bool force_share)
 {
 	if (writable)
 		return qcow2_open_rw(path, fd);
-	return qcow2_open_in_chain(path, fd, NULL);
+	return qcow2_open_in_chain(path, fd, NULL, force_share);
 }

@@ -1,6 +1,7 @@
 #include "undo.h"
 
 #include "image.h"
+#include "image_lock.h"
 
 #include "../core/error.h"
 #include "../core/paths.h"
@@ -366,6 +367,8 @@ int undo_recover(const char *path, const char *shown, bool *recovered)
 	else if (jh.dev != (uint64_t)ds.st_dev || jh.ino != (uint64_t)ds.st_ino)
 		rc = sp_err("%s: the undo journal %s belongs to another file (this one was "
 			    "replaced since); look at it and remove it", shown, jpath);
+	else if (image_lock_write(dfd, shown) < 0)
+		rc = -1; /* never roll back under a program that has it open */
 	else if ((rc = replay(jfd, dfd, &jh, shown)) == 0) {
 		if (unlink(jpath) < 0)
 			rc = sp_err("%s: removing %s: %s", shown, jpath, strerror(errno));
