@@ -25,7 +25,8 @@ check_said() {
 	fi
 }
 # Nothing at all was created on the remote side (no file, no temp file).
-remote_untouched() { [ -z "$(ls -A "$R")" ]; }
+# (the digest file of an earlier successful copy, .NAME.sparsync, may stay)
+remote_untouched() { [ -z "$(ls -A "$R" | grep -v '^\..*\.sparsync$')" ]; }
 host_fp=$(ssh-keygen -lf "$SSHD_DIR/host_ed25519.pub" | awk '{print $2}')
 
 # --- unknown host: refused, the message shows the fingerprint and the way out
