@@ -34,6 +34,9 @@ static const char copy_usage[] =
 	"  --digest-file PATH      keep DST's digest file (its block hashes, so the next\n"
 	"                          sync need not read DST) at PATH, not .DST.sparsync\n"
 	"  --no-digest             keep no digest file; the next sync reads DST\n"
+	"  --bitmap NAME           copy only what SRC's persistent dirty bitmap NAME\n"
+	"                          (qcow2) marks as changed; DST must hold SRC as it was\n"
+	"                          when the bitmap was started or last cleared\n"
 	"  -U, --force-share       read SRC even while another program (a running VM)\n"
 	"                          has it open for writing, like qemu-img -U\n"
 	"  -j N                    worker threads (default: number of cores)\n"
@@ -55,7 +58,7 @@ static const char copy_usage[] =
 
 enum {
 	OPT_CLUSTER = OPT_CLI_NEXT, OPT_BACKING, OPT_WHOLE, OPT_TARGET_ZERO, OPT_INPLACE, OPT_NO_SPACE, OPT_JSON,
-	OPT_DIGEST_FILE, OPT_NO_DIGEST,
+	OPT_DIGEST_FILE, OPT_NO_DIGEST, OPT_BITMAP,
 	OPT_COMPRESS, OPT_BWLIMIT,
 };
 
@@ -70,6 +73,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		{ "no-space-check", no_argument, NULL, OPT_NO_SPACE },
 		{ "digest-file", required_argument, NULL, OPT_DIGEST_FILE },
 		{ "no-digest", no_argument, NULL, OPT_NO_DIGEST },
+		{ "bitmap", required_argument, NULL, OPT_BITMAP },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "progress", no_argument, NULL, 'P' },
 		{ "quiet", no_argument, NULL, 'q' },
@@ -111,6 +115,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		case OPT_NO_SPACE: cli->no_space_check = true; break;
 		case OPT_DIGEST_FILE: cli->digest_file = optarg; break;
 		case OPT_NO_DIGEST: cli->no_digest = true; break;
+		case OPT_BITMAP: cli->bitmap = optarg; break;
 		case OPT_JSON: cli->json = true; break;
 		case 'P': cli->progress = PROGRESS_FORCE; break;
 		case 'q': cli->quiet = true; cli->progress = PROGRESS_OFF; break;

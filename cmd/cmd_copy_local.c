@@ -6,6 +6,7 @@
 #include "../core/copy.h"
 #include "../core/dest.h"
 #include "../core/error.h"
+#include "../formats/change_map.h"
 
 #include <string.h>
 #include <sys/stat.h>
@@ -44,6 +45,16 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 	};
 	struct dest d;
 	int rc = dest_open(&d, dpath, &dop);
+	struct change_map changed = { 0 };
+	if (rc == 0 && cli->bitmap) {
+		if (d.mode != DEST_UPDATE && d.mode != DEST_DEVICE)
+			rc = sp_err("--bitmap %s: %s is %s: it must already hold %s as it was when the "
+				    "bitmap was started", cli->bitmap, dpath,
+				    d.mode == DEST_NEW && d.existing == FMT_AUTO ? "new" : "rewritten",
+				    cli->src.path);
+		else
+			rc = image_dirty_bitmap(src, cli->bitmap, &changed);
+	}
 	uint64_t data = DEST_DATA_UNKNOWN;
 	if (rc == 0 && dest_wants_data_size(&d))
 		rc = image_data_bytes(src, &data);
@@ -55,13 +66,18 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 	if (rc == 0) {
 		struct copy_opts o;
 		engine_opts(cli, d.img, &o);
-		struct sink *sink = dest_local_sink(&d, src, st);
+		if (cli->bitmap) {
+			o.changed = &changed;
+			o.changed_round = dest_unit(&d);
+		}
+		struct sink *sink = dest_local_sink(&d, src, st, cli->bitmap ? &changed : NULL);
 		rc = sink ? copy_run(src, sink, &o, st) : -1;
 		if (rc == 0)
 			rc = dest_commit(&d);
 		else
 			dest_abort(&d);
 	}
+	change_map_free(&changed);
 	dest_close(&d);
 	image_close(src);
 	return rc;

@@ -11,6 +11,7 @@
 #include "../core/receive.h"
 #include "../core/send.h"
 #include "../core/stats.h"
+#include "../formats/change_map.h"
 #include "../transport/transport.h"
 
 #include <stdio.h>
@@ -130,6 +131,8 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 		cl_opt(&c, "--send", path);
 		if (cli->force_share)
 			cl_opt(&c, "-U", NULL);
+		if (cli->bitmap)
+			cl_opt(&c, "--bitmap", cli->bitmap);
 		if (cli->in_fmt != FMT_AUTO)
 			cl_opt(&c, "-f", image_format_name(cli->in_fmt));
 		if (cli->wire_compress)
@@ -238,13 +241,17 @@ static int send_image(const struct copy_cli *cli, struct image *src, struct tran
 	struct copy_opts co;
 	sender_setup(cli, src, stream, &so, &co);
 	struct sender snd;
+	struct change_map changed = { 0 };
 	int rc = sender_open(&snd, t, &so, st);
+	if (rc == 0 && cli->bitmap)
+		rc = sender_use_bitmap(&snd, src, cli->bitmap, &changed, &co);
 	if (rc == 0)
 		rc = sender_begin(&snd, src);
 	if (rc == 0)
 		rc = copy_run(src, sender_sink(&snd), &co, st);
 	if (rc < 0)
 		sender_abort(&snd);
+	change_map_free(&changed);
 	st->bytes_sent = t->bytes_out;
 	if (rc == 0)
 		st->bytes_received = snd.rd.bytes;

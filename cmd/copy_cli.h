@@ -22,6 +22,7 @@ struct copy_cli {
 	bool no_digest;             /* --no-digest */
 	bool force_share;           /* -U: read images other programs write (image_lock.h) */
 	const char *digest_file;    /* --digest-file PATH */
+	const char *bitmap;         /* --bitmap NAME: copy what SRC's dirty bitmap says changed */
 	enum progress_mode progress;
 	bool quiet;
 	unsigned workers;           /* -j */

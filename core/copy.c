@@ -7,6 +7,7 @@
  * the sink may receive them in any order. */
 #include "copy.h"
 
+#include "../formats/change_map.h"
 #include "../formats/image.h"
 #include "error.h"
 #include "zero.h"
@@ -31,6 +32,8 @@ struct pipeline {
 	struct sp_stats *st;
 	size_t bs, grain;
 	bool read_ahead;
+	const struct change_map *changed;
+	uint64_t changed_round;
 
 	pthread_mutex_t lock;
 	pthread_cond_t not_empty, not_full;
@@ -132,32 +135,33 @@ static unsigned default_workers(void)
 	return n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (unsigned)n;
 }
 
-/* The reader: walk extents, queue data blocks, send zero ranges directly.
- * Ranges are rounded out to the zero grain (the destination's cluster) so
- * that a data extent starting mid-cluster does not make the writer
- * read-modify-write: the sliver of hole read with it is at most a grain.
- * Blocks end on multiples of bs so that the same bytes land in the same
- * blocks on every run (stable hashes for sync). */
-static void read_extents(struct pipeline *p, struct progress *prog)
+/* The reader: walk extents over [pos, to), queue data blocks, send zero
+ * ranges directly. Ranges are rounded out to the zero grain (the
+ * destination's cluster) so that a data extent starting mid-cluster does
+ * not make the writer read-modify-write: the sliver of hole read with it
+ * is at most a grain. Blocks end on multiples of bs so that the same bytes
+ * land in the same blocks on every run (stable hashes for sync). pos and
+ * to are multiples of the grain, or the image's end. False when the
+ * pipeline failed. */
+static bool read_range(struct pipeline *p, struct progress *prog, uint64_t pos, uint64_t to)
 {
 	struct image *src = p->src;
-	const uint64_t g = p->grain, size = src->size;
-	uint64_t pos = 0; /* always a multiple of g, or size */
-	while (pos < size) {
+	const uint64_t g = p->grain;
+	while (pos < to) {
 		struct extent e;
 		if (image_extent(src, pos, &e) < 0) {
 			pipeline_fail(p);
-			return;
+			return false;
 		}
-		uint64_t end = e.length < size - pos ? pos + e.length : size;
-		uint64_t down = end == size ? size : end / g * g;
-		uint64_t up = end == size ? size : (end + g - 1) / g * g;
-		if (up > size)
-			up = size;
+		uint64_t end = e.length < to - pos ? pos + e.length : to;
+		uint64_t down = end == to ? to : end / g * g;
+		uint64_t up = end == to ? to : (end + g - 1) / g * g;
+		if (up > to)
+			up = to;
 		if (e.kind != EXTENT_DATA && down > pos) {
 			if (p->sink->ops->zero(p->sink, pos, down - pos) < 0) {
 				pipeline_fail(p);
-				return;
+				return false;
 			}
 			stats_add(p->st->bytes_zero, down - pos);
 			pos = down;
@@ -174,10 +178,35 @@ static void read_extents(struct pipeline *p, struct progress *prog)
 			if (p->read_ahead || first)
 				image_prefetch(src, pos, n);
 			if (!enqueue(p, pos, n))
-				return;
+				return false;
 			pos += n;
 			progress_update(prog, pos, p->st);
 		}
+	}
+	return true;
+}
+
+/* The whole image, or only what the change map says is dirty (rounded
+ * out to whole units: the rest is known to be the same at both ends and
+ * is neither read nor delivered). */
+static void read_extents(struct pipeline *p, struct progress *prog)
+{
+	const uint64_t size = p->src->size;
+	if (!p->changed) {
+		read_range(p, prog, 0, size);
+		return;
+	}
+	const uint64_t r = p->changed_round;
+	uint64_t at = 0, s, e;
+	while (at < size && change_map_next(p->changed, at, &s, &e)) {
+		s = s / r * r;
+		uint64_t up = (e + r - 1) / r * r;
+		e = up > size ? size : up;
+		if (s < at)
+			s = at;
+		if (s < e && !read_range(p, prog, s, e))
+			return;
+		at = e;
 	}
 }
 
@@ -204,6 +233,8 @@ int copy_run(struct image *src, struct sink *sink, const struct copy_opts *o, st
 	p.bs = o->block_size ? o->block_size : BLOCK_SIZE_DEFAULT;
 	p.grain = o->zero_grain ? o->zero_grain : 4096;
 	p.read_ahead = o->read_ahead;
+	p.changed = o->changed;
+	p.changed_round = o->changed_round > p.grain ? o->changed_round : p.grain;
 	unsigned nw = o->workers ? o->workers : default_workers();
 	if (nw > MAX_WORKERS)
 		nw = MAX_WORKERS;

@@ -27,6 +27,12 @@ struct copy_opts {
 	 * read-ahead follows a long extent better and the extra hints cost
 	 * (local raw->raw of the fs image: 0.96 vs 1.12 s). */
 	bool read_ahead;
+	/* Only what changed (a dirty bitmap: --bitmap, --track): ranges it
+	 * says are clean are neither read nor delivered, as if unchanged.
+	 * Dirty ranges are rounded out to changed_round (the hash unit, a
+	 * power of two; at least the zero grain). */
+	const struct change_map *changed;
+	uint64_t changed_round;
 };
 
 int copy_run(struct image *src, struct sink *sink, const struct copy_opts *o, struct sp_stats *st);

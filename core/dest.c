@@ -427,11 +427,22 @@ struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool covered)
 	return with_digest(d, inner, st);
 }
 
-struct sink *dest_local_sink(struct dest *d, struct image *src, struct sp_stats *st)
+uint32_t dest_unit(const struct dest *d)
+{
+	if (d->map_ready)
+		return d->map.unit;
+	return d->img && d->img->granularity > 4096 ? d->img->granularity : 4096;
+}
+
+struct sink *dest_local_sink(struct dest *d, struct image *src, struct sp_stats *st,
+			     const struct change_map *changed)
 {
 	d->st = st;
-	if (!d->digest_loaded)
-		return with_digest(d, plain_sink(d, st, true), st);
+	if (!d->digest_loaded) {
+		struct sink *s = plain_sink(d, st, true);
+		/* A map built as ranges go by needs all of them. */
+		return changed && !d->map_knows_dest ? s : with_digest(d, s, st);
+	}
 	/* DST is known from its digest: compare hashes, never read DST. */
 	sync_table_init(&d->table);
 	if (sync_table_from_map(&d->table, &d->map) < 0)

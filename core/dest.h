@@ -32,6 +32,8 @@
 #include "sync_filter.h"
 #include "unit_map.h"
 
+struct change_map;
+
 enum dest_mode {
 	DEST_NEW,     /* a new image under a temporary name, renamed over DST when complete */
 	DEST_UPDATE,  /* the existing image file, updated where it differs */
@@ -124,8 +126,14 @@ int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size, uint64_
 struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool covered);
 /* The sink that writes DST for the local copy from src: with a valid
  * digest file, units are compared by hash and DST is not read; otherwise
- * an existing DST is read and only what differs is written. */
-struct sink *dest_local_sink(struct dest *d, struct image *src, struct sp_stats *st);
+ * an existing DST is read and only what differs is written. changed: only
+ * what it marks will be delivered (--bitmap): without a valid digest to
+ * start from, no new digest can be made then. */
+struct sink *dest_local_sink(struct dest *d, struct image *src, struct sp_stats *st,
+			     const struct change_map *changed);
+/* The unit DST's ranges are best delivered in (its digest's hash unit, or
+ * its allocation unit). */
+uint32_t dest_unit(const struct dest *d);
 /* The smallest hash unit for DST's list: its cluster, or 64 KiB. */
 uint32_t dest_min_unit(const struct dest *d);
 /* DST's unit hashes from its digest file (nothing to read), or NULL. */

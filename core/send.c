@@ -1,7 +1,9 @@
 #include "send.h"
 
+#include "../formats/change_map.h"
 #include "../formats/image.h"
 #include "../transport/transport.h"
+#include "copy.h"
 #include "error.h"
 #include "sync_hash.h"
 
@@ -343,6 +345,19 @@ int sender_begin(struct sender *s, struct image *src)
 	uint8_t b[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE_DATA];
 	size_t n = proto_encode_image(b, &im);
 	return out(s, b, n);
+}
+
+int sender_use_bitmap(struct sender *s, struct image *src, const char *name,
+		      struct change_map *map, struct copy_opts *co)
+{
+	if (!s->syncing)
+		return sp_err("--bitmap %s: the destination is new (or a stream): it must already "
+			      "hold %s as it was when the bitmap was started", name, src->path);
+	if (image_dirty_bitmap(src, name, map) < 0)
+		return -1;
+	co->changed = map;
+	co->changed_round = s->table.unit;
+	return 0;
 }
 
 struct sink *sender_sink(struct sender *s)

@@ -98,6 +98,13 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 		struct sp_stats *st);
 /* Send the IMAGE record for src. */
 int sender_begin(struct sender *s, struct image *src);
+struct change_map;
+struct copy_opts;
+/* --bitmap NAME: copy only what src's dirty bitmap NAME says changed (the
+ * receiver must hold src as it was when the bitmap started: the user
+ * vouches for it). Sets co's change map; map is the caller's to free. */
+int sender_use_bitmap(struct sender *s, struct image *src, const char *name,
+		      struct change_map *map, struct copy_opts *co);
 /* What the copy engine delivers to: the sync filter when syncing, else
  * the sender itself. */
 struct sink *sender_sink(struct sender *s);

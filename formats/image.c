@@ -366,3 +366,11 @@ int image_write_zeros(struct image *img, uint64_t off, uint64_t len)
 	}
 	return 0;
 }
+
+int image_dirty_bitmap(struct image *img, const char *name, struct change_map *out)
+{
+	if (!img->ops->dirty_bitmap)
+		return sp_err("%s: a %s image has no persistent dirty bitmaps (qcow2 has)", img->path,
+			      img->ops->name);
+	return img->ops->dirty_bitmap(img, name, out);
+}

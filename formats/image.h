@@ -37,6 +37,7 @@ struct image_create_opts {
 };
 
 struct image;
+struct change_map;
 
 struct image_ops {
 	const char *name;
@@ -55,6 +56,9 @@ struct image_ops {
 	/* Optional hint: [off, off+len) will be read soon; start reading it
 	 * from disk now. No errors: it changes nothing but timing. */
 	void (*prefetch)(struct image *, uint64_t off, uint64_t len);
+	/* Optional: the persistent dirty bitmap called name (change_map.h);
+	 * refused with one line saying why when it cannot be trusted. */
+	int (*dirty_bitmap)(struct image *, const char *name, struct change_map *out);
 };
 
 struct image {
@@ -149,6 +153,9 @@ int image_protect(struct image *img, uint64_t off, uint64_t len);
 /* Bytes of img that hold data (extents of kind DATA), from the allocation
  * map alone: no data is read. The whole size where there is no map. */
 int image_data_bytes(struct image *img, uint64_t *out);
+/* img's persistent dirty bitmap `name`: what changed since it was
+ * started or cleared. */
+int image_dirty_bitmap(struct image *img, const char *name, struct change_map *out);
 /* The extent at off (off < size), checked to start at off and to be
  * non-empty, so no caller's walk can loop on a broken extent map. */
 int image_extent(struct image *i, uint64_t off, struct extent *e);

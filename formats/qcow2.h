@@ -25,6 +25,8 @@
 #define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
 #define QCOW2_EXT_FEATURE_TABLE 0x6803f857u
 #define QCOW2_EXT_DATA_FILE 0x44415441u
+#define QCOW2_EXT_BITMAPS_ID 0x23852875u
+#define QCOW2_AUTOCLEAR_BITMAPS 1ull
 
 /* L1/L2 entry bits. */
 #define QCOW2_OFLAG_COPIED (1ull << 63)
@@ -61,7 +63,42 @@ struct qcow2_header {
 	bool extended_l2;
 	char *backing_file;               /* NULL when none */
 	enum image_format backing_format; /* FMT_AUTO when no extension */
+	/* The bitmaps extension as found (checked when a bitmap is asked
+	 * for: formats/qcow2_bitmap.c); times_seen 0 when absent. */
+	struct {
+		uint32_t ext_len, count, reserved, times_seen;
+		uint64_t dir_size, dir_offset;
+	} bitmaps;
 };
+
+/* Persistent dirty bitmaps (formats/qcow2_bitmap.c): the directory, read
+ * and checked as strictly as the rest (placement, sizes, overlaps, names),
+ * and one bitmap's bits. */
+struct qcow2_bitmap {
+	char *name;                  /* NUL-terminated copy */
+	uint64_t table_offset;
+	uint32_t table_size;         /* entries */
+	uint32_t flags;              /* QCOW2_BITMAP_* */
+	uint8_t type, granularity_bits;
+	uint32_t extra_size;
+};
+#define QCOW2_BITMAP_IN_USE 1u
+#define QCOW2_BITMAP_AUTO 2u
+#define QCOW2_BITMAP_EXTRA_COMPAT 4u
+struct qcow2_bitmap_dir {
+	struct qcow2_bitmap *b;
+	uint32_t n;
+	bool consistent;             /* autoclear bit 0: the bitmaps are current */
+};
+int qcow2_bitmap_dir_read(int fd, const char *path, const struct qcow2_header *h,
+			  uint64_t file_size, struct qcow2_bitmap_dir *out);
+void qcow2_bitmap_dir_free(struct qcow2_bitmap_dir *d);
+struct change_map;
+/* The dirty bits of the bitmap called name, refused (one line saying why)
+ * when it is missing, not saved cleanly (in use), not a dirty tracking
+ * bitmap, or the image's bitmaps are stale. */
+int qcow2_bitmap_load(int fd, const char *path, const struct qcow2_header *h, uint64_t file_size,
+		      const char *name, struct change_map *out);
 
 /* Read and validate the header and its extensions from fd. Every problem
  * -> -1 with "PATH: what is wrong". On success free with qcow2_header_free. */

@@ -179,6 +179,17 @@ static int parse_extensions(const unsigned char *b, uint64_t start, uint64_t end
 			*ftable = data;
 			*ftable_len = len;
 			break;
+		case QCOW2_EXT_BITMAPS_ID:
+			/* Recorded; only a bitmap user needs it well-formed. */
+			h->bitmaps.times_seen++;
+			h->bitmaps.ext_len = len;
+			if (len >= 24) {
+				h->bitmaps.count = be32_at(data);
+				h->bitmaps.reserved = be32_at(data + 4);
+				h->bitmaps.dir_size = be64_at(data + 8);
+				h->bitmaps.dir_offset = be64_at(data + 16);
+			}
+			break;
 		default: /* bitmaps, encryption pointer, data file name, unknown: ignored */
 			break;
 		}

@@ -533,6 +533,12 @@ static int q_close(struct image *img)
 	return 0;
 }
 
+static int q_dirty_bitmap(struct image *img, const char *name, struct change_map *out)
+{
+	struct qcow2 *q = img->priv;
+	return qcow2_bitmap_load(img->fd, img->path, &q->h, q->file_size, name, out);
+}
+
 static const struct image_ops qcow2_ops = {
 	.name = "qcow2",
 	.extent = q_extent,
@@ -542,6 +548,7 @@ static const struct image_ops qcow2_ops = {
 	.resize = q_resize,
 	.flush = q_flush,
 	.close = q_close,
+	.dirty_bitmap = q_dirty_bitmap,
 };
 
 /* Backing images count what they read into the top image's bytes_read. */

@@ -302,14 +302,20 @@ static void write_input(const uint8_t *d, size_t n)
 }
 
 /* Names in the directory other than the input; 0 if none. */
-static int leftovers(char *first, size_t cap)
+/* Files in dir but our own; a digest file (.NAME.sparsync) only counts
+ * when it must not be there (a failed run never writes one). */
+static int leftovers_but(char *first, size_t cap, bool digest_ok)
 {
 	DIR *d = opendir(dir);
 	int count = 0;
 	struct dirent *e;
 	while (d && (e = readdir(d))) {
+		size_t len = strlen(e->d_name);
 		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, "in.sps") ||
 		    !strcmp(e->d_name, "src.raw"))
+			continue;
+		if (digest_ok && e->d_name[0] == '.' && len > 9 &&
+		    !strcmp(e->d_name + len - 9, ".sparsync"))
 			continue;
 		if (count++ == 0)
 			snprintf(first, cap, "%s", e->d_name);
@@ -317,6 +323,11 @@ static int leftovers(char *first, size_t cap)
 	if (d)
 		closedir(d);
 	return count;
+}
+
+static int leftovers(char *first, size_t cap)
+{
+	return leftovers_but(first, cap, false);
 }
 
 /* An existing destination for the in-place (sync) path: 1 MiB, some data. */
@@ -397,7 +408,7 @@ static void receive(const uint8_t *d, size_t n, unsigned mode, const struct seal
 				(long long)sb.st_size, (unsigned long long)si->size);
 			abort();
 		}
-		if (leftovers(name, sizeof name) != 1) {
+		if (leftovers_but(name, sizeof name, true) != 1) {
 			fprintf(stderr, "receive succeeded but left temporary files behind\n");
 			abort();
 		}

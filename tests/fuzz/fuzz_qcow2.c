@@ -12,6 +12,10 @@
  * arbitrary host path. A name without '/' resolves inside the directory:
  * f.qcow2 itself is a backing loop, which must be refused.
  *
+ * Its persistent dirty bitmaps "b0" and "b1" are loaded (directory,
+ * tables, data: formats/qcow2_bitmap.c), and every dirty range must lie
+ * inside the image.
+ *
  * Each input also goes to the writer: opened for an in-place update,
  * written at two offsets, a range zeroed, flushed and closed.
  *
@@ -19,6 +23,7 @@
  * the virtual size and makes progress; what the writer accepted and
  * flushed reads back. */
 #include "../../core/error.h"
+#include "../../formats/change_map.h"
 #include "../../formats/image.h"
 #include "../../formats/qcow2.h"
 
@@ -127,6 +132,30 @@ static void read_some(struct image *img, uint64_t off, uint64_t len, size_t *bud
 	image_pread(img, rbuf, n, off);
 }
 
+static void check_bitmaps(struct image *img)
+{
+	static const char *names[] = { "b0", "b1" };
+	for (unsigned i = 0; i < 2; i++) {
+		struct change_map m;
+		if (image_dirty_bitmap(img, names[i], &m) < 0)
+			continue;
+		uint64_t at = 0, s, e, sum = 0;
+		while (change_map_next(&m, at, &s, &e)) {
+			if (s < at || e <= s || e > img->size) {
+				fprintf(stderr, "bad dirty range [%llu, %llu) (size %llu)\n",
+					(unsigned long long)s, (unsigned long long)e,
+					(unsigned long long)img->size);
+				abort();
+			}
+			sum += e - s;
+			at = e;
+		}
+		if (sum != m.dirty_bytes)
+			abort();
+		change_map_free(&m);
+	}
+}
+
 static void write_back(void)
 {
 	static unsigned char pat[6000], got[6000];
@@ -190,6 +219,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	struct image *img = image_open(path, FMT_QCOW2, IMAGE_RDONLY);
 	if (img) {
+		check_bitmaps(img);
 		size_t budget = READ_BUDGET;
 		uint64_t off = 0;
 		for (unsigned i = 0; i < MAX_EXTENTS && off < img->size; i++) {

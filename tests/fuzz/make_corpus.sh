@@ -43,6 +43,12 @@ if [[ " $what " == *" qcow2 "* ]]; then
 	# Extended L2 needs 16 KiB clusters: the one large seed (~100 KB).
 	$Q -o cluster_size=16k,extended_l2=on extl2.qcow2 64K
 	io extl2.qcow2 "write -q -P 0x77 0 1k" "write -q -z 2k 1k" "write -q -P 3 20k 512"
+	# Persistent dirty bitmaps: b0 (512-byte granularity, dirty), b1 (64 KiB).
+	$Q -o cluster_size=512 bm.qcow2 64K
+	io bm.qcow2 "write -q -P 1 0 1k"
+	qemu-img bitmap --add -g 512 bm.qcow2 b0
+	qemu-img bitmap --add bm.qcow2 b1
+	io bm.qcow2 "write -q -P 2 4k 1k" "write -q -z 40k 2k"
 	cp ./*.qcow2 "$out/"
 fi
 
