@@ -37,6 +37,9 @@ static const char copy_usage[] =
 	"  --bitmap NAME           copy only what SRC's persistent dirty bitmap NAME\n"
 	"                          (qcow2) marks as changed; DST must hold SRC as it was\n"
 	"                          when the bitmap was started or last cleared\n"
+	"  --track                 keep a persistent dirty bitmap of our own in SRC\n"
+	"                          (qcow2), so that the next sync to DST reads only what\n"
+	"                          changed since this one\n"
 	"  -U, --force-share       read SRC even while another program (a running VM)\n"
 	"                          has it open for writing, like qemu-img -U\n"
 	"  -j N                    worker threads (default: number of cores)\n"
@@ -58,7 +61,7 @@ static const char copy_usage[] =
 
 enum {
 	OPT_CLUSTER = OPT_CLI_NEXT, OPT_BACKING, OPT_WHOLE, OPT_TARGET_ZERO, OPT_INPLACE, OPT_NO_SPACE, OPT_JSON,
-	OPT_DIGEST_FILE, OPT_NO_DIGEST, OPT_BITMAP,
+	OPT_DIGEST_FILE, OPT_NO_DIGEST, OPT_BITMAP, OPT_TRACK,
 	OPT_COMPRESS, OPT_BWLIMIT,
 };
 
@@ -74,6 +77,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		{ "digest-file", required_argument, NULL, OPT_DIGEST_FILE },
 		{ "no-digest", no_argument, NULL, OPT_NO_DIGEST },
 		{ "bitmap", required_argument, NULL, OPT_BITMAP },
+		{ "track", no_argument, NULL, OPT_TRACK },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "progress", no_argument, NULL, 'P' },
 		{ "quiet", no_argument, NULL, 'q' },
@@ -116,6 +120,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		case OPT_DIGEST_FILE: cli->digest_file = optarg; break;
 		case OPT_NO_DIGEST: cli->no_digest = true; break;
 		case OPT_BITMAP: cli->bitmap = optarg; break;
+		case OPT_TRACK: cli->track = true; break;
 		case OPT_JSON: cli->json = true; break;
 		case 'P': cli->progress = PROGRESS_FORCE; break;
 		case 'q': cli->quiet = true; cli->progress = PROGRESS_OFF; break;
@@ -142,6 +147,18 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 	bool src_far = cli->src.kind != EP_LOCAL, dst_far = cli->dst.kind != EP_LOCAL;
 	if (src_far && dst_far)
 		return usage_error("copy", "SRC and DST cannot both be remote or streams");
+	if (cli->track && cli->bitmap)
+		return usage_error("copy", "--track keeps its own bitmap; --bitmap names another: "
+				   "give one of them");
+	if (cli->track && cli->no_digest)
+		return usage_error("copy", "--track needs DST's digest file to record its bitmap; "
+				   "it cannot be used with --no-digest");
+	if ((cli->track || cli->bitmap) && (cli->src.kind == EP_STREAM || cli->dst.kind == EP_STREAM))
+		return usage_error("copy", "--track and --bitmap copy only what changed: a stream "
+				   "has nothing to change");
+	if (cli->bitmap && cli->whole)
+		return usage_error("copy", "--bitmap copies only what changed: --whole rewrites "
+				   "everything");
 	return 0;
 }
 

@@ -6,6 +6,7 @@
 #include "../core/copy.h"
 #include "../core/dest.h"
 #include "../core/error.h"
+#include "../core/track.h"
 #include "../formats/change_map.h"
 
 #include <string.h>
@@ -46,6 +47,18 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 	struct dest d;
 	int rc = dest_open(&d, dpath, &dop);
 	struct change_map changed = { 0 };
+	struct track tr = { 0 };
+	if (rc == 0 && cli->track) {
+		bool in_step = false;
+		const uint8_t *dest_id = dest_track_id(&d, &in_step);
+		if (d.mode != DEST_NEW && d.mode != DEST_UPDATE)
+			rc = sp_err("--track: %s is written as %s, which keeps no digest file to record "
+				    "the bitmap in", dpath, dest_how(&d));
+		else if ((rc = track_begin(&tr, src, dest_id, in_step)) == 0) {
+			dest_set_track_id(&d, tr.id);
+			st->track = tr.how;
+		}
+	}
 	if (rc == 0 && cli->bitmap) {
 		if (d.mode != DEST_UPDATE && d.mode != DEST_DEVICE)
 			rc = sp_err("--bitmap %s: %s is %s: it must already hold %s as it was when the "
@@ -66,18 +79,24 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 	if (rc == 0) {
 		struct copy_opts o;
 		engine_opts(cli, d.img, &o);
-		if (cli->bitmap) {
-			o.changed = &changed;
+		const struct change_map *only = cli->bitmap ? &changed : tr.use ? &tr.map : NULL;
+		if (only) {
+			o.changed = only;
 			o.changed_round = dest_unit(&d);
 		}
-		struct sink *sink = dest_local_sink(&d, src, st, cli->bitmap ? &changed : NULL);
+		struct sink *sink = dest_local_sink(&d, src, st, only);
 		rc = sink ? copy_run(src, sink, &o, st) : -1;
 		if (rc == 0)
 			rc = dest_commit(&d);
 		else
 			dest_abort(&d);
+		/* DST is complete: start the bitmap afresh. Should that fail,
+		 * the next run compares everything once; the copy stands. */
+		if (rc == 0 && cli->track)
+			track_finish(&tr, src);
 	}
 	change_map_free(&changed);
+	track_free(&tr);
 	dest_close(&d);
 	image_close(src);
 	return rc;

@@ -11,6 +11,7 @@
 #include "../core/receive.h"
 #include "../core/send.h"
 #include "../core/stats.h"
+#include "../core/track.h"
 #include "../formats/change_map.h"
 #include "../transport/transport.h"
 
@@ -133,6 +134,8 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 			cl_opt(&c, "-U", NULL);
 		if (cli->bitmap)
 			cl_opt(&c, "--bitmap", cli->bitmap);
+		if (cli->track)
+			cl_opt(&c, "--track", NULL);
 		if (cli->in_fmt != FMT_AUTO)
 			cl_opt(&c, "-f", image_format_name(cli->in_fmt));
 		if (cli->wire_compress)
@@ -242,16 +245,22 @@ static int send_image(const struct copy_cli *cli, struct image *src, struct tran
 	sender_setup(cli, src, stream, &so, &co);
 	struct sender snd;
 	struct change_map changed = { 0 };
+	struct track tr = { 0 };
 	int rc = sender_open(&snd, t, &so, st);
 	if (rc == 0 && cli->bitmap)
 		rc = sender_use_bitmap(&snd, src, cli->bitmap, &changed, &co);
+	if (rc == 0 && cli->track)
+		rc = sender_track(&snd, src, &tr, &co);
 	if (rc == 0)
 		rc = sender_begin(&snd, src);
 	if (rc == 0)
 		rc = copy_run(src, sender_sink(&snd), &co, st);
 	if (rc < 0)
 		sender_abort(&snd);
+	else if (cli->track)
+		track_finish(&tr, src); /* the receiver has acknowledged: DST is complete */
 	change_map_free(&changed);
+	track_free(&tr);
 	st->bytes_sent = t->bytes_out;
 	if (rc == 0)
 		st->bytes_received = snd.rd.bytes;

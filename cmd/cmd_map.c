@@ -1,6 +1,7 @@
 #include "cmd.h"
 
 #include "../core/error.h"
+#include "../formats/change_map.h"
 #include "../formats/image.h"
 
 #include <getopt.h>
@@ -13,14 +14,16 @@
 #define MAP_CHUNK (1u << 20)
 
 static const char map_usage[] =
-	"usage: sparsync map [--json] [-f raw|qcow2] [-U] IMAGE\n"
+	"usage: sparsync map [--json] [-f raw|qcow2] [-U] [--bitmap NAME] IMAGE\n"
 	"Print which ranges of IMAGE are allocated (data) and which read as zeros.\n"
 	"A block device has no allocation map: it is read, and what reads as zeros\n"
 	"is shown as zero.\n"
 	"  --json         a JSON array like 'qemu-img map --output=json'\n"
 	"  -f FORMAT      do not detect the format, use FORMAT\n"
 	"  -U             read IMAGE even while another program has it open for\n"
-	"                 writing (--force-share, like qemu-img map -U)\n";
+	"                 writing (--force-share, like qemu-img map -U)\n"
+	"  --bitmap NAME  show which ranges the persistent dirty bitmap NAME marks\n"
+	"                 as changed (dirty) instead\n";
 
 static void print_run(bool json, bool *first, uint64_t start, uint64_t len, enum extent_kind k)
 {
@@ -56,6 +59,42 @@ static int next_extent(struct image *img, unsigned char *buf, uint64_t pos, stru
 	return 0;
 }
 
+/* --bitmap: dirty and clean ranges, as sparsync will use them. */
+static int print_bitmap(struct image *img, const char *name, bool json)
+{
+	struct change_map m;
+	if (image_dirty_bitmap(img, name, &m) < 0)
+		return -1;
+	bool first = true;
+	uint64_t at = 0, s, e;
+	for (;;) {
+		bool more = change_map_next(&m, at, &s, &e);
+		uint64_t clean_end = more ? s : img->size;
+		for (int dirty = 0; dirty < 2; dirty++) {
+			uint64_t a = dirty ? s : at, b = dirty ? e : clean_end;
+			if ((dirty && !more) || b <= a)
+				continue;
+			if (json)
+				printf("%s{ \"start\": %llu, \"length\": %llu, \"dirty\": %s }",
+				       first ? "[" : ",\n", (unsigned long long)a,
+				       (unsigned long long)(b - a), dirty ? "true" : "false");
+			else
+				printf("%s0x%-18llx 0x%-18llx %s\n",
+				       first ? "Offset               Length               Kind\n" : "",
+				       (unsigned long long)a, (unsigned long long)(b - a),
+				       dirty ? "dirty" : "clean");
+			first = false;
+		}
+		if (!more)
+			break;
+		at = e;
+	}
+	if (json)
+		printf(first ? "[]\n" : "]\n");
+	change_map_free(&m);
+	return 0;
+}
+
 int cmd_map(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -63,16 +102,19 @@ int cmd_map(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ "format", required_argument, NULL, 'f' },
 		{ "force-share", no_argument, NULL, 'U' },
+		{ "bitmap", required_argument, NULL, 'B' },
 		{ 0, 0, 0, 0 },
 	};
 	bool json = false;
 	enum image_format fmt = FMT_AUTO;
 	int c;
 	int ro = IMAGE_RDONLY;
+	const char *bitmap = NULL;
 	while ((c = getopt_long(argc, argv, "hf:U", opts, NULL)) != -1) {
 		switch (c) {
 		case 'J': json = true; break;
 		case 'U': ro |= IMAGE_FORCE_SHARE; break;
+		case 'B': bitmap = optarg; break;
 		case 'f':
 			if ((fmt = image_format_parse(optarg)) == FMT_AUTO)
 				return usage_error("map", "unknown format '%s'", optarg);
@@ -87,6 +129,11 @@ int cmd_map(int argc, char **argv)
 	struct image *img = image_open(argv[optind], fmt, ro);
 	if (!img)
 		return fail();
+	if (bitmap) {
+		int brc = print_bitmap(img, bitmap, json);
+		image_close(img);
+		return brc < 0 ? fail() : 0;
+	}
 	unsigned char *buf = img->alloc_unknown ? malloc(MAP_CHUNK) : NULL;
 	if (img->alloc_unknown && !buf) {
 		image_close(img);

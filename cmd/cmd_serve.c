@@ -9,6 +9,7 @@
 #include "../core/receive.h"
 #include "../core/send.h"
 #include "../core/sync_hash.h"
+#include "../core/track.h"
 #include "../core/units.h"
 #include "../formats/change_map.h"
 #include "../formats/image.h"
@@ -25,7 +26,8 @@ static const char serve_usage[] =
 	"                      [--sync] [--backing FILE] [--whole] [--target-is-zero]\n"
 	"                      [--inplace] [--no-space-check] [--no-digest]\n"
 	"                      [--digest-file PATH]\n"
-	"       sparsync serve --send PATH [-f raw|qcow2] [-U] [--bitmap NAME] [--compress C]\n"
+	"       sparsync serve --send PATH [-f raw|qcow2] [-U] [--bitmap NAME | --track]\n"
+	"                      [--compress C]\n"
 	"                      [--bwlimit RATE]\n"
 	"       sparsync serve --hashes PATH [-f raw|qcow2] [-U] [--hash-unit SIZE]\n"
 	"Each also takes -j N and --timeout SECONDS.\n"
@@ -36,7 +38,7 @@ static const char serve_usage[] =
 enum {
 	OPT_RECEIVE = 256, OPT_SEND, OPT_HASHES, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT,
 	OPT_BACKING, OPT_WHOLE, OPT_HASH_UNIT, OPT_SYNC, OPT_TIMEOUT, OPT_TARGET_ZERO, OPT_INPLACE,
-	OPT_NO_SPACE, OPT_NO_DIGEST, OPT_DIGEST_FILE, OPT_BITMAP,
+	OPT_NO_SPACE, OPT_NO_DIGEST, OPT_DIGEST_FILE, OPT_BITMAP, OPT_TRACK,
 };
 
 struct serve_args {
@@ -45,7 +47,7 @@ struct serve_args {
 	struct image_create_opts create;
 	struct codec_choice codec;
 	uint64_t bwlimit;
-	bool whole, sync, target_is_zero, inplace, no_space_check, no_digest, force_share;
+	bool whole, sync, target_is_zero, inplace, no_space_check, no_digest, force_share, track;
 	const char *digest_file, *bitmap;
 	uint32_t hash_unit;
 	unsigned workers;
@@ -69,6 +71,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		{ "no-digest", no_argument, NULL, OPT_NO_DIGEST },
 		{ "digest-file", required_argument, NULL, OPT_DIGEST_FILE },
 		{ "bitmap", required_argument, NULL, OPT_BITMAP },
+		{ "track", no_argument, NULL, OPT_TRACK },
 		{ "sync", no_argument, NULL, OPT_SYNC },
 		{ "hash-unit", required_argument, NULL, OPT_HASH_UNIT },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
@@ -94,6 +97,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		case 'U': a->force_share = true; break;
 		case OPT_DIGEST_FILE: a->digest_file = optarg; break;
 		case OPT_BITMAP: a->bitmap = optarg; break;
+		case OPT_TRACK: a->track = true; break;
 		case OPT_SYNC: a->sync = true; break;
 		case OPT_HASH_UNIT:
 			if (parse_size(optarg, &v) < 0 || v < SYNC_UNIT_MIN || v > SYNC_UNIT_MAX ||
@@ -174,13 +178,19 @@ static int serve_send(struct transport *t, const struct serve_args *a)
 	struct copy_opts co = { .block_size = so.block_size, .workers = a->workers,
 				.progress = PROGRESS_OFF, .read_ahead = true };
 	struct change_map changed = { 0 };
+	struct track tr = { 0 };
 	if (rc == 0 && a->bitmap)
 		rc = sender_use_bitmap(&snd, src, a->bitmap, &changed, &co);
+	if (rc == 0 && a->track)
+		rc = sender_track(&snd, src, &tr, &co);
 	if (rc == 0)
 		rc = sender_begin(&snd, src);
 	if (rc == 0)
 		rc = copy_run(src, sender_sink(&snd), &co, &st);
+	if (rc == 0 && a->track)
+		track_finish(&tr, src); /* the client has acknowledged: DST is complete */
 	change_map_free(&changed);
+	track_free(&tr);
 	if (rc < 0)
 		rc = sender_abort(&snd);
 	/* The client went away (it failed, or its connection did): it knows

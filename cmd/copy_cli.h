@@ -23,6 +23,7 @@ struct copy_cli {
 	bool force_share;           /* -U: read images other programs write (image_lock.h) */
 	const char *digest_file;    /* --digest-file PATH */
 	const char *bitmap;         /* --bitmap NAME: copy what SRC's dirty bitmap says changed */
+	bool track;                 /* --track: keep our own bitmap in SRC (core/track.h) */
 	enum progress_mode progress;
 	bool quiet;
 	unsigned workers;           /* -j */

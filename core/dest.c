@@ -427,6 +427,20 @@ struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool covered)
 	return with_digest(d, inner, st);
 }
 
+const uint8_t *dest_track_id(const struct dest *d, bool *in_step)
+{
+	static const uint8_t none[DIGEST_TRACK_ID_SIZE];
+	*in_step = d->digest_loaded;
+	if (!memcmp(d->digest_info.track_id, none, sizeof none))
+		return NULL;
+	return d->digest_info.track_id;
+}
+
+void dest_set_track_id(struct dest *d, const uint8_t id[DIGEST_TRACK_ID_SIZE])
+{
+	memcpy(d->track_next, id, DIGEST_TRACK_ID_SIZE);
+}
+
 uint32_t dest_unit(const struct dest *d)
 {
 	if (d->map_ready)
@@ -459,7 +473,9 @@ static void save_digest(struct dest *d)
 	if (!d->digest_path)
 		return;
 	bool ok = d->dsink_on && d->dsink.valid && d->map.count <= PROTO_HASHES_TOTAL_MAX;
-	int rc = ok ? digest_save(d->digest_path, d->real_path, &d->map, &d->digest_info) : 1;
+	struct digest_info info = d->digest_info;
+	memcpy(info.track_id, d->track_next, sizeof info.track_id);
+	int rc = ok ? digest_save(d->digest_path, d->real_path, &d->map, &info) : 1;
 	if (rc < 0)
 		sp_warn("%s: the copy is complete, but its digest file could not be saved (%s); "
 			"the next run reads the destination", d->path, sp_errmsg());

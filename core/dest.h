@@ -94,6 +94,7 @@ struct dest {
 	bool digest_loaded;           /* ... because its digest file was valid */
 	const char *digest_why;       /* "used", or why not (static text), for --json */
 	struct digest_info digest_info;
+	uint8_t track_next[DIGEST_TRACK_ID_SIZE]; /* for the new digest: zero = none */
 	struct digest_sink dsink;
 	bool dsink_on;
 	struct sync_table table;      /* local copy with a digest: the filter's list */
@@ -131,6 +132,12 @@ struct sink *dest_sink(struct dest *d, struct sp_stats *st, bool covered);
  * start from, no new digest can be made then. */
 struct sink *dest_local_sink(struct dest *d, struct image *src, struct sp_stats *st,
 			     const struct change_map *changed);
+/* The --track id DST's digest file records (16 bytes), or NULL; *in_step:
+ * the digest is valid (DST is as the bitmap's start). */
+const uint8_t *dest_track_id(const struct dest *d, bool *in_step);
+/* Record this id in the digest file saved at commit (without it, the new
+ * digest records none: a copy from elsewhere may not inherit one). */
+void dest_set_track_id(struct dest *d, const uint8_t id[DIGEST_TRACK_ID_SIZE]);
 /* The unit DST's ranges are best delivered in (its digest's hash unit, or
  * its allocation unit). */
 uint32_t dest_unit(const struct dest *d);

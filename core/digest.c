@@ -118,6 +118,13 @@ static int parse(const uint8_t *b, size_t len, const struct image *img, const st
 		*why = "it is truncated";
 		return 0;
 	}
+	/* A digest that checks out but describes an older state of this very
+	 * file (same device and inode: written behind our back, a failed run)
+	 * still tells which --track bitmap belongs to it, though not what it
+	 * holds. Not for another file (a copy of the backup directory): the
+	 * bitmap is the original's, and must not be restarted for the copy. */
+	if (members == 1 && get64(m) == now->dev && get64(m + 8) == now->ino)
+		memcpy(info->track_id, b + 40, DIGEST_TRACK_ID_SIZE);
 	/* One member today: the image itself (destinations have no backing
 	 * file); a chain would list each. */
 	if (members != 1 || get64(m) != now->dev || get64(m + 8) != now->ino ||

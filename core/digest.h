@@ -40,8 +40,10 @@ char *digest_path_for(const char *real_path, const char *override);
 
 /* Load the digest at dpath for img, open at real_path, into map (which
  * gets the digest's unit). Returns 1 when it is usable, 0 when it is not
- * (absent, stale, damaged: *why says which, for --verbose), -1 when out of
- * memory. */
+ * (absent, stale, damaged: *why says which, for --json), -1 when out of
+ * memory. A digest that is intact but stale, of this same file (device and
+ * inode), still fills info->track_id: the bitmap it names is this
+ * destination's, though no longer in step. */
 int digest_load(const char *dpath, const char *real_path, const struct image *img,
 		struct unit_map *map, struct digest_info *info, const char **why);
 

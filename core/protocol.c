@@ -55,6 +55,7 @@ static const char *rec_name(unsigned type)
 	case REC_ERROR: return "ERROR";
 	case REC_ACK: return "ACK";
 	case REC_HASHES: return "HASHES";
+	case REC_TRACK: return "TRACK";
 	default: return "unknown";
 	}
 }
@@ -239,6 +240,16 @@ size_t proto_encode_end(uint8_t out[PROTO_FRAME_SIZE + PROTO_END_SIZE], const st
 	return seal(out, REC_END, PROTO_END_SIZE);
 }
 
+size_t proto_encode_track(uint8_t out[PROTO_FRAME_SIZE + PROTO_TRACK_SIZE],
+			  const struct proto_track *t)
+{
+	uint8_t *b = out + PROTO_FRAME_SIZE;
+	memset(b, 0, PROTO_TRACK_SIZE);
+	memcpy(b, t->id, PROTO_TRACK_ID_SIZE);
+	b[16] = t->flags;
+	return seal(out, REC_TRACK, PROTO_TRACK_SIZE);
+}
+
 size_t proto_encode_ack(uint8_t out[PROTO_FRAME_SIZE + PROTO_ACK_SIZE_DIGEST],
 			const struct proto_ack *a)
 {
@@ -318,8 +329,16 @@ int proto_frame_decode(const struct proto_session *s, const uint8_t hdr[PROTO_FR
 		return sp_err("%s: malformed record header (type %u)", peer, t);
 	bool for_receiver = t == REC_IMAGE || t == REC_DATA || t == REC_ZERO || t == REC_END;
 	bool for_sender = t == REC_ACK || t == REC_HASHES;
-	if (!for_receiver && !for_sender && t != REC_ERROR)
+	if (!for_receiver && !for_sender && t != REC_ERROR && t != REC_TRACK)
 		return sp_err("%s: unknown record type %u", peer, t);
+	if (t == REC_TRACK) {
+		/* The receiver's before its hash list ends; the sender's after
+		 * IMAGE. */
+		if (!(s->caps & CAP_TRACK))
+			return sp_err("%s: TRACK record, but tracking was not negotiated", peer);
+		if (s->me == ROLE_SENDER ? s->hl.done : !s->have_image)
+			return sp_err("%s: TRACK record out of place", peer);
+	}
 	if (t == REC_HASHES && !(s->caps & CAP_SYNC))
 		return sp_err("%s: HASHES record, but incremental sync was not negotiated", peer);
 	if (t == REC_HASHES && s->hl.done)
@@ -340,6 +359,7 @@ int proto_frame_decode(const struct proto_session *s, const uint8_t hdr[PROTO_FR
 	case REC_ZERO: want = PROTO_ZERO_SIZE; break;
 	case REC_END: want = PROTO_END_SIZE; break;
 	case REC_ACK: want = s->caps & CAP_DIGEST ? PROTO_ACK_SIZE_DIGEST : PROTO_ACK_SIZE; break;
+	case REC_TRACK: want = PROTO_TRACK_SIZE; break;
 	case REC_ERROR:
 		if (n == 0 || n > PROTO_ERROR_MAX)
 			return sp_err("%s: ERROR record of %u bytes (limit %u)", peer, n, PROTO_ERROR_MAX);
@@ -550,6 +570,14 @@ int proto_body_decode(struct proto_session *s, uint8_t type, uint8_t *b, size_t 
 		return 0;
 	case REC_HASHES:
 		return hashes_decode(s, b, len, &r->u.hashes);
+	case REC_TRACK:
+		if (len != PROTO_TRACK_SIZE)
+			return sp_err("%s: malformed TRACK record", peer);
+		memcpy(r->u.track.id, b, PROTO_TRACK_ID_SIZE);
+		r->u.track.flags = b[16];
+		if ((b[16] & ~TRACK_IN_STEP) || !all_zero(b + 17, 7))
+			return sp_err("%s: malformed TRACK record", peer);
+		return 0;
 	case REC_ERROR:
 		if (len == 0 || len > PROTO_ERROR_MAX)
 			return sp_err("%s: malformed ERROR record", peer);

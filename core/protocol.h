@@ -67,6 +67,13 @@
  *              flagged HASHES_LAST (count may be 0). HASHES_FRESH (alone, on
  *              an empty last record): the destination is new and reads as
  *              zeros everywhere, so ZERO records are not needed.
+ *   TRACK  24 (CAP_TRACK): a --track id (16 bytes), u8 flags, u8[7] zero.
+ *              From the receiver, before its hash list, the id its digest
+ *              file records (sent only when it has one), flagged
+ *              TRACK_IN_STEP when that digest is valid (else the bitmap is
+ *              still this destination's, but not in step with it); from
+ *              the sender, after IMAGE, the id to record in the new digest
+ *              file once the copy is complete (flags 0).
  * Every field is checked against hard limits as it is decoded.
  */
 #ifndef SPARSYNC_PROTOCOL_H
@@ -97,6 +104,9 @@ struct transport;
 #define PROTO_END_SIZE 64
 #define PROTO_ACK_SIZE 32
 #define PROTO_ACK_SIZE_DIGEST 40 /* with CAP_DIGEST: + u64 destination bytes read */
+#define PROTO_TRACK_ID_SIZE 16
+#define PROTO_TRACK_SIZE 24
+#define TRACK_IN_STEP 0x01u /* the destination is as the bitmap's start says */
 #define PROTO_ERROR_MAX 1024
 #define PROTO_HASHES_HEAD 32
 #define PROTO_HASHES_MAX 65536u           /* hashes per HASHES record */
@@ -127,8 +137,14 @@ enum proto_role { ROLE_SENDER = 1, ROLE_RECEIVER = 2 };
  * nothing, so that every byte it does not keep is accounted for (see
  * core/sink_digest.h); ACK carries the bytes it read from its image. */
 #define CAP_DIGEST (1ull << 18)
+/* Changed-block tracking ids (--track, core/track.h): the receiver sends
+ * TRACK, the id its digest file records, before its hash list (only when
+ * it has one); the sender sends TRACK after IMAGE with the id to record
+ * once the copy is complete. */
+#define CAP_TRACK (1ull << 19)
 /* What this build can read and write. */
-#define CAP_SUPPORTED (CAP_CODECS_ALL | CAP_HASH_XXH3_128 | CAP_SYNC | CAP_DATA_SIZE | CAP_DIGEST)
+#define CAP_SUPPORTED \
+	(CAP_CODECS_ALL | CAP_HASH_XXH3_128 | CAP_SYNC | CAP_DATA_SIZE | CAP_DIGEST | CAP_TRACK)
 
 /* HASHES flags. */
 #define HASHES_LAST 0x01u
@@ -142,6 +158,7 @@ enum rec_type {
 	REC_ERROR = 5,
 	REC_ACK = 6,
 	REC_HASHES = 16, /* incremental sync (CAP_SYNC): receiver -> sender */
+	REC_TRACK = 17,  /* --track id (CAP_TRACK): both ways, see above */
 };
 
 struct proto_hello {
@@ -194,9 +211,15 @@ struct proto_ack {
 	uint64_t dest_bytes_read;
 };
 
+struct proto_track {
+	uint8_t id[PROTO_TRACK_ID_SIZE];
+	uint8_t flags; /* TRACK_IN_STEP */
+};
+
 struct proto_rec {
 	uint8_t type;
 	union {
+		struct proto_track track;
 		struct proto_image image;
 		struct proto_data data;
 		struct proto_zero zero;
@@ -259,6 +282,8 @@ size_t proto_encode_zero(uint8_t out[PROTO_FRAME_SIZE + PROTO_ZERO_SIZE], uint64
 size_t proto_encode_end(uint8_t out[PROTO_FRAME_SIZE + PROTO_END_SIZE], const struct proto_end *e);
 size_t proto_encode_ack(uint8_t out[PROTO_FRAME_SIZE + PROTO_ACK_SIZE_DIGEST],
 			const struct proto_ack *a);
+size_t proto_encode_track(uint8_t out[PROTO_FRAME_SIZE + PROTO_TRACK_SIZE],
+			  const struct proto_track *t);
 /* rec holds room for the frame and the 32-byte head, then h->count hashes
  * already in place (h->hashes is not read): fill in frame and head, return
  * the record's total size. */

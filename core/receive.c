@@ -101,6 +101,22 @@ static int choose_dest(struct receiver *r, bool sync)
 	return rc;
 }
 
+/* The id of the bitmap that tracks changes to the source since DST was
+ * written (--track), when DST's digest file records one: with a valid
+ * digest the sender may read only what it marks; with a stale one it
+ * still knows the bitmap is DST's, to start afresh. */
+static int send_track_id(struct receiver *r)
+{
+	bool in_step;
+	const uint8_t *id = dest_track_id(&r->d, &in_step);
+	if (!(r->mine.caps & CAP_TRACK) || !id)
+		return 0;
+	struct proto_track tr = { .flags = in_step ? TRACK_IN_STEP : 0 };
+	memcpy(tr.id, id, PROTO_TRACK_ID_SIZE);
+	uint8_t b[PROTO_FRAME_SIZE + PROTO_TRACK_SIZE];
+	return transport_write(r->t, b, proto_encode_track(b, &tr));
+}
+
 /* The hash list: what DST (or the backing image of a new overlay) already
  * holds, or "fresh" for a new DST. From DST's digest file when it is
  * valid: then nothing is read. */
@@ -110,11 +126,14 @@ static int send_hash_list(struct receiver *r)
 	if (!img)
 		return sync_list_write_fresh(r->t, 0);
 	const struct unit_map *known = dest_digest_map(&r->d);
-	if (known)
-		return sync_list_write_map(r->t, known);
+	if (known) {
+		/* The id of the bitmap that tracks changes since DST was
+		 * written (--track): the sender may then read only those. */
+		return send_track_id(r) < 0 ? -1 : sync_list_write_map(r->t, known);
+	}
 	/* Units line up with the clusters DST allocates. */
 	uint32_t unit;
-	if (sync_unit_for(img, dest_min_unit(&r->d), &unit) < 0)
+	if (send_track_id(r) < 0 || sync_unit_for(img, dest_min_unit(&r->d), &unit) < 0)
 		return -1;
 	return sync_list_write(r->t, img, unit, r->o->workers, dest_map_to_fill(&r->d, unit));
 }
@@ -148,6 +167,10 @@ static int apply(struct receiver *r, struct sink *sink, struct progress *prog)
 			progress_update(prog, z->offset + z->length, r->st);
 			break;
 		}
+		case REC_TRACK:
+			/* Recorded in DST's digest file, if the copy completes. */
+			dest_set_track_id(&r->d, rec.u.track.id);
+			break;
 		case REC_END: {
 			const struct proto_end *e = &rec.u.end;
 			proto_digest_final(&r->dg, &r->seen.digest);

@@ -6,6 +6,7 @@
 #include "copy.h"
 #include "error.h"
 #include "sync_hash.h"
+#include "track.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -296,7 +297,7 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 	if (o->sync && !o->stream)
 		caps |= CAP_SYNC;
 	if (!o->stream)
-		caps |= CAP_DATA_SIZE | CAP_DIGEST;
+		caps |= CAP_DATA_SIZE | CAP_DIGEST | CAP_TRACK;
 	proto_hello_init(&mine, ROLE_SENDER, o->stream ? HELLO_STREAM : 0, o->block_size, caps);
 	if (proto_write_hello(t, &mine) < 0)
 		return -1;
@@ -344,7 +345,14 @@ int sender_begin(struct sender *s, struct image *src)
 		sync_filter_init(&s->filter, &s->base, &s->table, src, s->cover, s->base.stats);
 	uint8_t b[PROTO_FRAME_SIZE + PROTO_IMAGE_SIZE_DATA];
 	size_t n = proto_encode_image(b, &im);
-	return out(s, b, n);
+	if (out(s, b, n) < 0)
+		return -1;
+	if (!s->track_send)
+		return 0;
+	struct proto_track tr = { .flags = 0 };
+	memcpy(tr.id, s->track_send, PROTO_TRACK_ID_SIZE);
+	uint8_t tb[PROTO_FRAME_SIZE + PROTO_TRACK_SIZE];
+	return out(s, tb, proto_encode_track(tb, &tr));
 }
 
 int sender_use_bitmap(struct sender *s, struct image *src, const char *name,
@@ -357,6 +365,22 @@ int sender_use_bitmap(struct sender *s, struct image *src, const char *name,
 		return -1;
 	co->changed = map;
 	co->changed_round = s->table.unit;
+	return 0;
+}
+
+int sender_track(struct sender *s, struct image *src, struct track *t, struct copy_opts *co)
+{
+	if (!(s->s.caps & CAP_TRACK) || !(s->s.caps & CAP_SYNC))
+		return sp_err("%s: the remote sparsync cannot record --track ids; update it", s->s.peer);
+	const uint8_t *dest_id = s->syncing && s->table.has_track_id ? s->table.track.id : NULL;
+	if (track_begin(t, src, dest_id, s->table.track.flags & TRACK_IN_STEP) < 0)
+		return -1;
+	s->base.stats->track = t->how;
+	if (t->use) {
+		co->changed = &t->map;
+		co->changed_round = s->table.unit;
+	}
+	s->track_send = t->id;
 	return 0;
 }
 

@@ -88,6 +88,7 @@ struct sender {
 	bool cover;
 	struct sync_table table;
 	struct sync_filter filter;     /* in front of base when syncing */
+	const uint8_t *track_send;     /* --track: the id sender_begin passes on */
 };
 
 /* Exchange hellos (stream: write ours only) and agree on codec and block
@@ -100,6 +101,12 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 int sender_begin(struct sender *s, struct image *src);
 struct change_map;
 struct copy_opts;
+struct track;
+/* --track (after sender_open, before sender_begin): decide from the id the
+ * receiver's digest records whether src's bitmap can be used (then co
+ * copies only what it marks), and have sender_begin tell the receiver the
+ * id to record. The caller runs track_finish after a successful copy. */
+int sender_track(struct sender *s, struct image *src, struct track *t, struct copy_opts *co);
 /* --bitmap NAME: copy only what src's dirty bitmap NAME says changed (the
  * receiver must hold src as it was when the bitmap started: the user
  * vouches for it). Sets co's change map; map is the caller's to free. */

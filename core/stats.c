@@ -44,6 +44,8 @@ void stats_print_json(FILE *f, const char *op, const struct sp_stats *s)
 		fprintf(f, "\"destination\":\"%s\",", s->destination);
 	if (s->digest)
 		fprintf(f, "\"digest\":\"%s\",", s->digest);
+	if (s->track)
+		fprintf(f, "\"track\":\"%s\",", s->track);
 	fprintf(f, "\"seconds\":%.3f}\n", s->seconds);
 	fflush(f);
 }

@@ -31,6 +31,9 @@ struct sp_stats {
 	/* What became of DST's digest file: "used", or why it was not
 	 * (core/digest.c's reasons); NULL when none is kept. */
 	const char *digest;
+	/* --track: "bitmap" (only what it marked was read), or why the whole
+	 * image was compared this time; NULL without --track. */
+	const char *track;
 };
 
 #define stats_add(field, n) __atomic_add_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)

@@ -80,6 +80,11 @@ int sync_table_read(struct sync_table *t, struct proto_reader *r)
 			proto_peer_error(r->s, &rec);
 			return PROTO_PEER_FAILED;
 		}
+		if (rec.type == REC_TRACK && t->n == 0 && t->unit == 0) {
+			t->track = rec.u.track;
+			t->has_track_id = true;
+			continue;
+		}
 		if (rec.type != REC_HASHES)
 			return sp_err("%s: unexpected record type %u inside the hash list", r->s->peer,
 				      rec.type);

@@ -27,6 +27,8 @@ struct sync_table {
 	uint64_t size;             /* the receiver's image size, as hashed */
 	bool fresh;                /* new destination: empty list, reads zeros */
 	bool complete;             /* the HASHES_LAST record arrived */
+	bool has_track_id;         /* a TRACK record came before the list */
+	struct proto_track track;  /* the id the receiver's digest records */
 	struct sync_run *runs;
 	size_t nruns, runs_cap;
 	struct hash128 *hash;

@@ -14,6 +14,7 @@ struct change_map {
 	uint64_t nbits;        /* ceil(size / granularity) */
 	uint8_t *bits;         /* bit n of byte n / 8 (least significant first) */
 	uint64_t dirty_bytes;  /* what the set bits cover, within size */
+	bool enabled;          /* it is being kept up to date (qcow2: the auto flag) */
 };
 
 void change_map_free(struct change_map *m);

@@ -374,3 +374,18 @@ int image_dirty_bitmap(struct image *img, const char *name, struct change_map *o
 			      img->ops->name);
 	return img->ops->dirty_bitmap(img, name, out);
 }
+
+int image_bitmap_trackable(struct image *img)
+{
+	if (!img->ops->bitmap_trackable)
+		return sp_err("%s: --track keeps a persistent bitmap in the source, which a %s image "
+			      "cannot hold (qcow2 can)", img->path, img->ops->name);
+	return img->ops->bitmap_trackable(img);
+}
+
+int image_bitmap_rotate(struct image *img, const char *old_name, const char *new_name)
+{
+	if (!img->ops->bitmap_rotate)
+		return image_bitmap_trackable(img);
+	return img->ops->bitmap_rotate(img, old_name, new_name);
+}

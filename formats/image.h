@@ -59,6 +59,12 @@ struct image_ops {
 	/* Optional: the persistent dirty bitmap called name (change_map.h);
 	 * refused with one line saying why when it cannot be trusted. */
 	int (*dirty_bitmap)(struct image *, const char *name, struct change_map *out);
+	/* Optional, for --track: whether the image can keep a bitmap of ours,
+	 * and replacing bitmap old_name (NULL or absent: none) with a new,
+	 * empty, enabled one. Called on an image opened read-only, whose
+	 * locks keep others out. */
+	int (*bitmap_trackable)(struct image *);
+	int (*bitmap_rotate)(struct image *, const char *old_name, const char *new_name);
 };
 
 struct image {
@@ -154,8 +160,11 @@ int image_protect(struct image *img, uint64_t off, uint64_t len);
  * map alone: no data is read. The whole size where there is no map. */
 int image_data_bytes(struct image *img, uint64_t *out);
 /* img's persistent dirty bitmap `name`: what changed since it was
- * started or cleared. */
+ * started or cleared. -1, or -2 when there is no bitmap of that name
+ * (message set either way). */
 int image_dirty_bitmap(struct image *img, const char *name, struct change_map *out);
+int image_bitmap_trackable(struct image *img);
+int image_bitmap_rotate(struct image *img, const char *old_name, const char *new_name);
 /* The extent at off (off < size), checked to start at off and to be
  * non-empty, so no caller's walk can loop on a broken extent map. */
 int image_extent(struct image *i, uint64_t off, struct extent *e);

@@ -81,6 +81,7 @@ struct qcow2_bitmap {
 	uint32_t flags;              /* QCOW2_BITMAP_* */
 	uint8_t type, granularity_bits;
 	uint32_t extra_size;
+	uint64_t entry_pos;          /* of its directory entry, from the directory's start */
 };
 #define QCOW2_BITMAP_IN_USE 1u
 #define QCOW2_BITMAP_AUTO 2u
@@ -95,10 +96,22 @@ int qcow2_bitmap_dir_read(int fd, const char *path, const struct qcow2_header *h
 void qcow2_bitmap_dir_free(struct qcow2_bitmap_dir *d);
 struct change_map;
 /* The dirty bits of the bitmap called name, refused (one line saying why)
- * when it is missing, not saved cleanly (in use), not a dirty tracking
- * bitmap, or the image's bitmaps are stale. */
+ * when it is missing (-2), not saved cleanly (in use), not a dirty tracking
+ * bitmap, or the image's bitmaps are stale (-1). */
 int qcow2_bitmap_load(int fd, const char *path, const struct qcow2_header *h, uint64_t file_size,
 		      const char *name, struct change_map *out);
+
+/* --track's own bitmaps (formats/qcow2_bitmap_write.c), on an fd open
+ * read-write while the caller holds the image's locks through another.
+ * qcow2_bitmap_trackable: whether the image can keep one (version 3, not
+ * dirty or corrupt, its bitmaps current); 0 or -1 with the reason.
+ * qcow2_bitmap_rotate: a new, empty, enabled (auto) bitmap new_name,
+ * and bitmap old_name (if given and there) removed, in one switch of the
+ * header (table and directory in new clusters at the end of the file,
+ * refcounts, the header, then the old clusters freed: a crash leaves the
+ * old state or the new, at most with leaked clusters). */
+int qcow2_bitmap_trackable(int fd, const char *path);
+int qcow2_bitmap_rotate(int fd, const char *path, const char *old_name, const char *new_name);
 
 /* Read and validate the header and its extensions from fd. Every problem
  * -> -1 with "PATH: what is wrong". On success free with qcow2_header_free. */

@@ -140,6 +140,7 @@ int qcow2_bitmap_dir_read(int fd, const char *path, const struct qcow2_header *h
 	uint64_t pos = 0;
 	for (uint32_t i = 0; rc == 0 && i < h->bitmaps.count; i++) {
 		uint64_t used = 0;
+		out->b[i].entry_pos = pos;
 		rc = parse_entry(buf + pos, size - pos, path, h, file_size, &out->b[i], &used);
 		out->n = i + 1;
 		pos += used;
@@ -223,7 +224,7 @@ int qcow2_bitmap_load(int fd, const char *path, const struct qcow2_header *h, ui
 			b = &d.b[i];
 	int rc = 0;
 	if (!b)
-		rc = sp_err("%s: has no persistent bitmap called '%s'", path, name);
+		rc = sp_err("%s: has no persistent bitmap called '%s'", path, name) - 1;
 	else if (!d.consistent)
 		rc = sp_err("%s: its bitmaps are stale (it was written by a program that does not "
 			    "keep them); bitmap '%s' cannot be trusted", path, name);
@@ -238,6 +239,7 @@ int qcow2_bitmap_load(int fd, const char *path, const struct qcow2_header *h, ui
 			    name);
 	if (rc == 0) {
 		out->size = h->size;
+		out->enabled = b->flags & QCOW2_BITMAP_AUTO;
 		out->granularity = 1ull << b->granularity_bits;
 		out->nbits = (h->size >> b->granularity_bits) +
 			     ((h->size & (out->granularity - 1)) != 0);

@@ -12,6 +12,8 @@
 
 #include "../core/error.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -539,6 +541,28 @@ static int q_dirty_bitmap(struct image *img, const char *name, struct change_map
 	return qcow2_bitmap_load(img->fd, img->path, &q->h, q->file_size, name, out);
 }
 
+static int q_bitmap_trackable(struct image *img)
+{
+	return qcow2_bitmap_trackable(img->fd, img->path);
+}
+
+/* Through a second descriptor, read-write: ours, read-only, holds the
+ * image's locks, so no VM can have opened it meanwhile. */
+static int q_bitmap_rotate(struct image *img, const char *old_name, const char *new_name)
+{
+	int fd = open(img->path, O_RDWR | O_CLOEXEC);
+	struct stat a, b;
+	if (fd < 0)
+		return sp_err("%s: cannot open it to update its bitmap: %s", img->path, strerror(errno));
+	int rc = 0;
+	if (fstat(fd, &a) < 0 || fstat(img->fd, &b) < 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+		rc = sp_err("%s: was replaced during the copy; its bitmap is left alone", img->path);
+	if (rc == 0)
+		rc = qcow2_bitmap_rotate(fd, img->path, old_name, new_name);
+	close(fd);
+	return rc;
+}
+
 static const struct image_ops qcow2_ops = {
 	.name = "qcow2",
 	.extent = q_extent,
@@ -549,6 +573,8 @@ static const struct image_ops qcow2_ops = {
 	.flush = q_flush,
 	.close = q_close,
 	.dirty_bitmap = q_dirty_bitmap,
+	.bitmap_trackable = q_bitmap_trackable,
+	.bitmap_rotate = q_bitmap_rotate,
 };
 
 /* Backing images count what they read into the top image's bytes_read. */
