@@ -156,6 +156,9 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 	if ((cli->track || cli->bitmap) && (cli->src.kind == EP_STREAM || cli->dst.kind == EP_STREAM))
 		return usage_error("copy", "--track and --bitmap copy only what changed: a stream "
 				   "has nothing to change");
+	if (cli->track && cli->force_share)
+		return usage_error("copy", "--track writes its bitmap into SRC, which -U (read what "
+				   "another program writes) never allows");
 	if (cli->bitmap && cli->whole)
 		return usage_error("copy", "--bitmap copies only what changed: --whole rewrites "
 				   "everything");
