@@ -6,15 +6,18 @@ fraction of an image's data blocks (and undo it), report data ranges.
   imgtool.py sparse IMG SIZE DATA CHUNK SEED  huge mostly-hole file
   imgtool.py change IMG JOURNAL PCT WRITE UNIT SEED
   imgtool.py restore IMG JOURNAL             undo `change`, remove JOURNAL
+  imgtool.py qchange QCOW2 PCT WRITE UNIT SEED  the same as guest writes (qemu-io)
   imgtool.py datasize IMG                    allocated data bytes (SEEK_DATA)
   imgtool.py cmp A B                         like cmp(1): every byte, holes too
 
 Everything is deterministic for a given SEED, so two runs build the same
 bytes. Sizes accept K/M/G/T suffixes (binary).
 """
+import json
 import os
 import random
 import struct
+import subprocess
 import sys
 
 KiB = 1024
@@ -134,6 +137,33 @@ def cmd_change(img, journal, pct, write, unit, seed):
     print(len(chosen), len(units))
 
 
+def cmd_qchange(img, pct, write, unit, seed):
+    """The guest's view: write WRITE bytes (a pattern) into PCT % of the
+    UNIT-sized blocks of the qcow2 IMG that hold data, through qemu-io, so
+    that QEMU records them in the image's persistent bitmaps."""
+    pct, write, unit = float(pct), size(write), size(unit)
+    rnd = random.Random(int(seed))
+    out = subprocess.run(["qemu-img", "map", "--output=json", "-f", "qcow2", img],
+                         check=True, capture_output=True, text=True).stdout
+    units = []
+    for e in json.loads(out):
+        if not e["data"]:
+            continue
+        s, end = e["start"], e["start"] + e["length"]
+        u = (s + unit - 1) // unit * unit
+        while u + unit <= end:
+            units.append(u)
+            u += unit
+    k = max(1, int(len(units) * pct / 100))
+    chosen = sorted(rnd.sample(units, min(k, len(units))))
+    cmd = ["qemu-io", "-f", "qcow2"]
+    for u in chosen:
+        off = u + rnd.randrange(max(1, unit // write)) * write
+        cmd += ["-c", "write -q -P %d %d %d" % (rnd.randrange(1, 256), off, write)]
+    subprocess.run(cmd + [img], check=True, stdout=subprocess.DEVNULL)
+    print(len(chosen), len(units))
+
+
 def cmd_restore(img, journal):
     fd = os.open(img, os.O_RDWR)
     try:
@@ -186,6 +216,7 @@ def cmd_cmp(a, b):
 def main(argv):
     cmds = {"frag": (cmd_frag, 4), "sparse": (cmd_sparse, 5),
             "change": (cmd_change, 6), "restore": (cmd_restore, 2),
+            "qchange": (cmd_qchange, 5),
             "datasize": (cmd_datasize, 1), "cmp": (cmd_cmp, 2)}
     if len(argv) < 2 or argv[1] not in cmds or len(argv) - 2 != cmds[argv[1]][1]:
         sys.stderr.write(__doc__)

@@ -9,7 +9,8 @@ export LC_ALL=C
 
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 KEEP=${KEEP:-0}
-BENCH_CASES=${BENCH_CASES:-local frag tib push dev}
+BENCH_CASES=${BENCH_CASES:-local frag tib push dev track}
+BENCH_TRACK_SCALE=${BENCH_TRACK_SCALE:-1G 4G 16G} # data in the --track scaling images
 BENCH_FS_SIZE=${BENCH_FS_SIZE:-8G}
 BENCH_FS_TREE=${BENCH_FS_TREE:-/usr/share}
 BENCH_FRAG_SIZE=${BENCH_FRAG_SIZE:-4G}
@@ -133,10 +134,10 @@ mk_qcow2() { qemu-img convert -f raw -O qcow2 "$IMG/fs.raw" "$IMG/fs.qcow2"; }
 mk_frag() { $PY "$TOP/bench/imgtool.py" frag "$IMG/frag.raw" "$BENCH_FRAG_SIZE" "$BENCH_FRAG_STRIDE" 7 >"$IMG/frag.count"; }
 mk_tib() { $PY "$TOP/bench/imgtool.py" sparse "$IMG/tib.raw" "$BENCH_TIB_SIZE" "$BENCH_TIB_DATA" "$BENCH_TIB_CHUNK" 11 >/dev/null; }
 
-if want local || want push || want dev; then
+if want local || want push || want dev || want track; then
 	build fs.raw "ext4 $BENCH_FS_SIZE -d $BENCH_FS_TREE" mk_fs
 fi
-want local && build fs.qcow2 "qcow2 of $(cat "$IMG/fs.raw.stamp")" mk_qcow2
+{ want local || want track; } && build fs.qcow2 "qcow2 of $(cat "$IMG/fs.raw.stamp")" mk_qcow2
 want frag && build frag.raw "frag $BENCH_FRAG_SIZE stride $BENCH_FRAG_STRIDE" mk_frag
 want tib && build tib.raw "sparse $BENCH_TIB_SIZE data $BENCH_TIB_DATA chunk $BENCH_TIB_CHUNK" mk_tib
 
@@ -174,7 +175,7 @@ fi
 cat "$W/machine.md" >&2
 
 # ---------------------------------------------------------------- sshd
-if want push || want tib || want dev; then
+if want push || want tib || want dev || want track; then
 	# tests/sshd_lib.sh wants $T (its scratch dir), $TEST_NAME and fail().
 	T=$B/sshd; export TEST_NAME=bench; mkdir -p "$T"
 	fail() { say "bench: $*"; }
@@ -279,6 +280,8 @@ skip_ssh() { # CASE TOOL...: mark ssh rows FAILED when there is no sshd
 }
 
 SP="$SPARSYNC copy --json -q $SPARSYNC_OPTS"
+# In a CHECK: jf FIELD is the last run's --json value of FIELD.
+JF="jf() { sed -n \"s/.*\\\"\$1\\\":\\([0-9]*\\).*/\\1/p\" '$W/out' | tail -1; }"
 
 # The local cases are disk-bound and this kind of VM drifts by +-20 % over
 # minutes: each round runs every tool once, in turn, so drift hits them
@@ -379,9 +382,14 @@ if want push; then
 			"tar -C '$IMG' -cSzf - fs.raw | dd bs=1M 2>'$W/err.dd' | $SSH sparsync-test '$REMOTE_TIME tar -C $R/z -xSzf -'"
 		rm -f "$R/z/fs.raw"
 
+		# The receiver answers from its digest file (dest_bytes_read 0);
+		# --no-digest makes it read its whole copy, as before.
 		c="fs: push unchanged (ssh)"
-		REPS=$BENCH_REPEAT bench_run "$c" sparsync json "$R/s/fs.raw" "$(same_raw "$src" "$R/s/fs.raw")" \
+		REPS=$BENCH_REPEAT bench_run "$c" sparsync json "$R/s/fs.raw" \
+			"$(same_raw "$src" "$R/s/fs.raw") && $JF && [ \"\$(jf dest_bytes_read)\" = 0 ]" \
 			"$SP $(sparsync_ssh_opts) --remote-path '$W/bin/sparsync-remote' '$src' '127.0.0.1:$R/s/fs.raw'"
+		REPS=$BENCH_REPEAT bench_run "$c" "sparsync --no-digest" json "$R/s/fs.raw" "$(same_raw "$src" "$R/s/fs.raw")" \
+			"$SP --no-digest $(sparsync_ssh_opts) --remote-path '$W/bin/sparsync-remote' '$src' '127.0.0.1:$R/s/fs.raw'"
 		REPS=$BENCH_PEER_REPEAT bench_run "$c" "rsync -S" rsync "$R/r/fs.raw" "$(same_raw "$src" "$R/r/fs.raw")" \
 			"rsync -S --stats --rsync-path='$W/bin/rsync-remote' -e '$SSH' '$src' 'sparsync-test:$R/r/fs.raw'"
 
@@ -397,7 +405,7 @@ if want push; then
 		$PY "$TOP/bench/imgtool.py" restore "$src" "$src.journal" || die "restoring $src failed"
 	else
 		skip_ssh "$c" sparsync "sparsync -e ssh" "rsync -S" "tar -S | ssh" "tar -Sz | ssh"
-		skip_ssh "fs: push unchanged (ssh)" sparsync "rsync -S"
+		skip_ssh "fs: push unchanged (ssh)" sparsync "sparsync --no-digest" "rsync -S"
 		skip_ssh "fs: push ${BENCH_CHANGE_PCT}% changed (ssh)" sparsync "rsync -S"
 	fi
 	rm -rf "${R:?}"/*
@@ -430,6 +438,70 @@ if want dev; then
 		rm -f "$R/dev.img"
 	else
 		skip_ssh "$c" sparsync "dd bs=4M | ssh dd"
+	fi
+fi
+
+# ---------------------------------------------------------------- tracked backups
+# Nightly backups of a qcow2 VM disk whose cost follows the change: three
+# copies of yesterday's image on the remote, kept by sparsync --track, by
+# sparsync with its digest file only, and by rsync -S (made untimed); then
+# the unchanged re-sync, and a 1 % change written the way a guest does
+# (qemu-io, so QEMU records it in the bitmaps). Work avoided is counted:
+# the --track rows fail unless the source read is only metadata (and the
+# dirty clusters), and the receiver read nothing.
+if want track; then
+	c1="fs.qcow2: push unchanged, --track (ssh)"
+	c2="fs.qcow2: push ${BENCH_CHANGE_PCT}% changed, --track (ssh)"
+	if [ "$SSHD_UP" = 1 ]; then
+		src=$W/vm.qcow2
+		cp "$IMG/fs.qcow2" "$src"
+		mkdir -p "$R/ta" "$R/tb" "$R/tc"
+		RS="$SP $(sparsync_ssh_opts) --remote-path '$W/bin/sparsync-remote'"
+		RSY="rsync -S --stats --rsync-path='$W/bin/rsync-remote' -e '$SSH'"
+		bash -c "$RS --track '$src' '127.0.0.1:$R/ta/vm.qcow2'" >/dev/null &&
+			bash -c "$RS '$src' '127.0.0.1:$R/tb/vm.qcow2'" >/dev/null &&
+			bash -c "$RSY '$src' 'sparsync-test:$R/tc/vm.qcow2'" >/dev/null || die "yesterday's backups failed"
+		meta=$((16 << 20))
+		few="$JF && [ \"\$(jf bytes_read)\" -le $meta ] && [ \"\$(jf dest_bytes_read)\" = 0 ]"
+		same_q() { same_img "$src" qcow2 "$1" qcow2; }
+		REPS=$BENCH_REPEAT bench_run "$c1" sparsync json "$R/ta/vm.qcow2" "$(same_q "$R/ta/vm.qcow2") && $few" \
+			"$RS --track '$src' '127.0.0.1:$R/ta/vm.qcow2'"
+		REPS=$BENCH_REPEAT bench_run "$c1" "sparsync, digest only" json "$R/tb/vm.qcow2" "$(same_q "$R/tb/vm.qcow2")" \
+			"$RS '$src' '127.0.0.1:$R/tb/vm.qcow2'"
+		REPS=$BENCH_PEER_REPEAT bench_run "$c1" "rsync -S" rsync "$R/tc/vm.qcow2" "$(same_q "$R/tc/vm.qcow2")" \
+			"$RSY '$src' 'sparsync-test:$R/tc/vm.qcow2'"
+
+		read -r nchg nunits < <($PY "$TOP/bench/imgtool.py" qchange "$src" \
+			"$BENCH_CHANGE_PCT" "$BENCH_CHANGE_WRITE" 64K 19) || die "changing $src failed"
+		echo "- ${BENCH_CHANGE_PCT}% changed (--track rows): $BENCH_CHANGE_WRITE written by qemu-io into each of $nchg of the $nunits 64 KiB data clusters of a copy of fs.qcow2" >>"$W/machine.md"
+		dirty=$(( nchg * 65536 + meta ))
+		REPS=1 bench_run "$c2" sparsync json "$R/ta/vm.qcow2" \
+			"$(same_q "$R/ta/vm.qcow2") && $JF && [ \"\$(jf bytes_read)\" -le $dirty ] && [ \"\$(jf dest_bytes_read)\" = 0 ]" \
+			"$RS --track '$src' '127.0.0.1:$R/ta/vm.qcow2'"
+		REPS=1 bench_run "$c2" "sparsync, digest only" json "$R/tb/vm.qcow2" "$(same_q "$R/tb/vm.qcow2")" \
+			"$RS '$src' '127.0.0.1:$R/tb/vm.qcow2'"
+		REPS=1 bench_run "$c2" "rsync -S" rsync "$R/tc/vm.qcow2" "$(same_q "$R/tc/vm.qcow2")" \
+			"$RSY '$src' 'sparsync-test:$R/tc/vm.qcow2'"
+		rm -rf "$R"/t? "$src"
+
+		# The unchanged --track re-sync should cost the same whatever the
+		# disk holds: images with 1, 4 and 16 GiB of (pattern) data.
+		for n in $BENCH_TRACK_SCALE; do
+			c="track scale: unchanged --track, $n of data (ssh)"
+			s=$W/scale.qcow2
+			bytes=$($PY -c "import sys; sys.path.insert(0, '$TOP/bench'); import imgtool; print(imgtool.size('$n'))")
+			qemu-img create -q -f qcow2 "$s" $((bytes * 2))
+			args=(); for ((o = 0; o < bytes; o += 1 << 30)); do args+=(-c "write -q -P 90 $o $(( bytes - o < (1 << 30) ? bytes - o : 1 << 30 ))"); done
+			qemu-io -f qcow2 "${args[@]}" "$s" >/dev/null || die "building $s failed"
+			mkdir -p "$R/sc"
+			bash -c "$RS --track '$s' '127.0.0.1:$R/sc/s.qcow2'" >/dev/null || die "first --track copy of $s failed"
+			REPS=$BENCH_REPEAT bench_run "$c" sparsync json "$R/sc/s.qcow2" "$few" \
+				"$RS --track '$s' '127.0.0.1:$R/sc/s.qcow2'"
+			rm -rf "$R/sc" "$s"
+		done
+	else
+		skip_ssh "$c1" sparsync "sparsync, digest only" "rsync -S"
+		skip_ssh "$c2" sparsync "sparsync, digest only" "rsync -S"
 	fi
 fi
 
