@@ -102,6 +102,19 @@ def cmd_sparse(img, total, data, chunk, seed):
     print(n)
 
 
+def pick_units(ranges, unit, pct, rnd):
+    """The UNIT-aligned blocks inside the (start, end) data ranges, and PCT %
+    of them chosen by rnd, sorted."""
+    units = []
+    for s, e in ranges:
+        u = (s + unit - 1) // unit * unit
+        while u + unit <= e:
+            units.append(u)
+            u += unit
+    k = max(1, int(len(units) * pct / 100))
+    return units, sorted(rnd.sample(units, min(k, len(units))))
+
+
 def cmd_change(img, journal, pct, write, unit, seed):
     """Overwrite WRITE random bytes in PCT % of the UNIT-sized blocks that
     hold data; save the old bytes in JOURNAL so `restore` can undo it."""
@@ -109,14 +122,7 @@ def cmd_change(img, journal, pct, write, unit, seed):
     rnd = random.Random(int(seed))
     fd = os.open(img, os.O_RDWR)
     try:
-        units = []
-        for s, e in data_ranges(fd):
-            u = (s + unit - 1) // unit * unit
-            while u + unit <= e:
-                units.append(u)
-                u += unit
-        k = max(1, int(len(units) * pct / 100))
-        chosen = sorted(rnd.sample(units, min(k, len(units))))
+        units, chosen = pick_units(data_ranges(fd), unit, pct, rnd)
         with open(journal + ".tmp", "wb") as j:
             j.write(struct.pack("<QQ", len(chosen), write))
             for u in chosen:
@@ -145,17 +151,8 @@ def cmd_qchange(img, pct, write, unit, seed):
     rnd = random.Random(int(seed))
     out = subprocess.run(["qemu-img", "map", "--output=json", "-f", "qcow2", img],
                          check=True, capture_output=True, text=True).stdout
-    units = []
-    for e in json.loads(out):
-        if not e["data"]:
-            continue
-        s, end = e["start"], e["start"] + e["length"]
-        u = (s + unit - 1) // unit * unit
-        while u + unit <= end:
-            units.append(u)
-            u += unit
-    k = max(1, int(len(units) * pct / 100))
-    chosen = sorted(rnd.sample(units, min(k, len(units))))
+    ranges = [(e["start"], e["start"] + e["length"]) for e in json.loads(out) if e["data"]]
+    units, chosen = pick_units(ranges, unit, pct, rnd)
     cmd = ["qemu-io", "-f", "qcow2"]
     for u in chosen:
         off = u + rnd.randrange(max(1, unit // write)) * write

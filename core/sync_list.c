@@ -48,24 +48,34 @@ static int emit(void *ctx, uint64_t off, const struct hash128 *h, uint32_t count
 	return 0;
 }
 
+static int writer_open(struct list_writer *w, uint64_t size, uint32_t unit, const char *name)
+{
+	w->h.size = size;
+	w->h.unit = unit;
+	w->rec = malloc(PROTO_HASHES_AT + (size_t)PROTO_HASHES_MAX * HASH_SIZE);
+	return w->rec ? 0 : sp_err("%s: out of memory for the hash list", name);
+}
+
+/* The last record (flagged HASHES_LAST, maybe empty), if all went well. */
+static int writer_close(struct list_writer *w, int rc)
+{
+	if (rc == 0) {
+		if (w->h.count == 0)
+			w->h.offset = 0;
+		rc = flush_rec(w, HASHES_LAST);
+	}
+	free(w->rec);
+	return rc;
+}
+
 int sync_list_write(struct transport *t, struct image *img, uint32_t unit, unsigned workers,
 		    struct unit_map *fill)
 {
 	struct list_writer w = { .t = t, .fill = fill };
 	sync_zero_hash(unit, &w.zero);
-	w.h.size = img->size;
-	w.h.unit = unit;
-	w.rec = malloc(PROTO_HASHES_AT + (size_t)PROTO_HASHES_MAX * HASH_SIZE);
-	if (!w.rec)
-		return sp_err("%s: out of memory for the hash list", img->path);
-	int rc = sync_hash_image(img, unit, workers, emit, &w);
-	if (rc == 0) {
-		if (w.h.count == 0)
-			w.h.offset = 0;
-		rc = flush_rec(&w, HASHES_LAST);
-	}
-	free(w.rec);
-	return rc;
+	if (writer_open(&w, img->size, unit, img->path) < 0)
+		return -1;
+	return writer_close(&w, sync_hash_image(img, unit, workers, emit, &w));
 }
 
 int sync_list_write_fresh(struct transport *t, uint64_t size)
@@ -82,11 +92,8 @@ int sync_list_write_fresh(struct transport *t, uint64_t size)
 int sync_list_write_map(struct transport *t, const struct unit_map *m)
 {
 	struct list_writer w = { .t = t };
-	w.h.size = m->size;
-	w.h.unit = m->unit;
-	w.rec = malloc(PROTO_HASHES_AT + (size_t)PROTO_HASHES_MAX * HASH_SIZE);
-	if (!w.rec)
-		return sp_err("out of memory for the hash list");
+	if (writer_open(&w, m->size, m->unit, "digest") < 0)
+		return -1;
 	uint64_t u = 0, f;
 	struct hash128 h;
 	int rc = 0;
@@ -94,11 +101,5 @@ int sync_list_write_map(struct transport *t, const struct unit_map *m)
 		rc = emit(&w, f << m->unit_bits, &h, 1);
 		u = f + 1;
 	}
-	if (rc == 0) {
-		if (w.h.count == 0)
-			w.h.offset = 0;
-		rc = flush_rec(&w, HASHES_LAST);
-	}
-	free(w.rec);
-	return rc;
+	return writer_close(&w, rc);
 }
