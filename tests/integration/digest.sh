@@ -78,6 +78,11 @@ check "and repaired too" cmp "$T/src.raw" "$T/d.raw"
 # Damaged digests only cost time.
 "$SPARSYNC" copy -q "$T/src.raw" "$T/d.raw"
 cp "$T/.d.raw.sparsync" "$T/good.digest"
+rm "$T/.d.raw.sparsync"
+check "a deleted digest" "$SPARSYNC" copy --json "$T/src.raw" "$T/d.raw"
+said "is simply absent" '"digest":"there is none"'
+above "DST was read instead" dest_bytes_read 0
+check "and a new one is written" test -s "$T/.d.raw.sparsync"
 truncate -s 50 "$T/.d.raw.sparsync"
 check "a truncated digest" "$SPARSYNC" copy --json "$T/src.raw" "$T/d.raw"
 said "is not used" '"digest":"it is not a digest file"'
