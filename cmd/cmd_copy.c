@@ -1,5 +1,6 @@
 #include "cmd.h"
 
+#include "../core/codec.h"
 #include "../core/error.h"
 #include "../core/stats.h"
 #include "../core/units.h"
@@ -124,7 +125,13 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		case OPT_JSON: cli->json = true; break;
 		case 'P': cli->progress = PROGRESS_FORCE; break;
 		case 'q': cli->quiet = true; cli->progress = PROGRESS_OFF; break;
-		case OPT_COMPRESS: cli->wire_compress = optarg; break;
+		case OPT_COMPRESS: {
+			struct codec_choice cc;
+			if (codec_parse(optarg, &cc) < 0)
+				return usage_error("copy", "%s", sp_errmsg());
+			cli->wire_compress = optarg;
+			break;
+		}
 		case OPT_BWLIMIT:
 			if (parse_size(optarg, &v) < 0 || v == 0)
 				return usage_error("copy", "bad --bwlimit rate '%s'", optarg);

@@ -223,7 +223,7 @@ static void sender_setup(const struct copy_cli *cli, const struct image *src, bo
 	so->codec.codec = WIRE_ZSTD;
 	so->codec.level = 1;
 	if (cli->wire_compress)
-		codec_parse(cli->wire_compress, &so->codec); /* checked in copy_remote */
+		codec_parse(cli->wire_compress, &so->codec); /* checked when parsed */
 	so->block_size = BLOCK_SIZE_DEFAULT;
 	if (src->granularity > so->block_size && src->granularity <= PROTO_BLOCK_MAX)
 		so->block_size = src->granularity;
@@ -350,9 +350,6 @@ static int stream_in(const struct copy_cli *cli, struct sp_stats *st)
 
 int copy_remote(const struct copy_cli *cli, struct sp_stats *st)
 {
-	struct codec_choice cc;
-	if (cli->wire_compress && codec_parse(cli->wire_compress, &cc) < 0)
-		return -1;
 	double t0 = now_seconds();
 	int rc;
 	if (cli->dst.kind == EP_STREAM)

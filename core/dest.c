@@ -64,6 +64,10 @@ static int open_backing(struct dest *d)
 	const struct image_create_opts *c = d->o.create;
 	if (d->o.out_fmt == FMT_RAW)
 		return sp_err("%s: --backing writes a qcow2 overlay; it cannot be -O raw", d->path);
+	if (d->o.out_fmt == FMT_AUTO &&
+	    image_output_format(FMT_AUTO, d->path, FMT_AUTO, FMT_QCOW2) == FMT_RAW)
+		return sp_err("%s: --backing writes a qcow2 overlay, but the name says raw; give -O "
+			      "qcow2 to write one under this name anyway", d->path);
 	char *bpath = backing_resolve(d->real_path, c->backing);
 	if (!bpath)
 		return sp_err("%s: out of memory", d->path);
@@ -183,6 +187,14 @@ static int open_kind(struct dest *d, const char *path, const struct dest_opts *o
 	}
 	if (S_ISREG(sb.st_mode) && guard(d) < 0)
 		return -1;
+	/* Never raw bytes into a .vmdk, nor over a vmdk container, unless -O
+	 * says that is what the user wants. */
+	const char *ext = image_foreign_extension(d->path);
+	const char *held = d->guard_fd >= 0 ? image_foreign_format(d->guard_fd) : NULL;
+	if (o->out_fmt == FMT_AUTO && (ext || held))
+		return sp_err("%s: %s a %s image, which sparsync does not write; give -O raw or -O "
+			      "qcow2 to write one under this name anyway", d->path,
+			      held ? "is" : "is named as", held ? held : ext);
 	if (o->create && o->create->backing)
 		return open_backing(d);
 	d->mode = DEST_NEW;

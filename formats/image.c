@@ -116,6 +116,14 @@ struct image *image_open(const char *path, enum image_format fmt, int flags)
 		close(fd);
 		return NULL;
 	}
+	const char *foreign = fmt == FMT_AUTO ? image_foreign_format(fd) : NULL;
+	if (foreign) {
+		sp_err("%s: is a %s image, which sparsync does not read; convert it (qemu-img "
+		       "convert -O qcow2), or give -f raw to copy the file's bytes as they are", path,
+		       foreign);
+		close(fd);
+		return NULL;
+	}
 	if (fmt == FMT_AUTO)
 		fmt = image_detect_fd(fd);
 	/* Constructors own fd from here on, closing it on failure. A device

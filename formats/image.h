@@ -99,6 +99,12 @@ const char *image_format_name(enum image_format f);
 enum image_format image_format_parse(const char *s);
 /* Sniff the magic of an open fd: FMT_QCOW2 or FMT_RAW. */
 enum image_format image_detect_fd(int fd);
+/* A format sparsync does not read, recognised by its magic or footer
+ * (vmdk, vhdx, vdi, qed, vpc, luks, ...: formats/probe.c), or NULL. Only
+ * for regular files: a device is the disk itself. */
+const char *image_foreign_format(int fd);
+/* The extension of a format sparsync does not write ("vmdk", ...), or NULL. */
+const char *image_foreign_extension(const char *path);
 /* The same for a path; FMT_AUTO when it cannot be opened. */
 enum image_format image_detect_path(const char *path);
 /* Messages about img name `name` (the path the user gave) from now on. */

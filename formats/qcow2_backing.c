@@ -69,6 +69,13 @@ struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow
 		}
 	}
 	enum image_format fmt = h->backing_format;
+	const char *foreign = fmt == FMT_AUTO ? image_foreign_format(fd) : NULL;
+	if (foreign) {
+		sp_err("%s: backing file %s is a %s image, which sparsync does not read", self->path,
+		       path, foreign);
+		close(fd);
+		goto out;
+	}
 	if (fmt == FMT_AUTO)
 		fmt = image_detect_fd(fd);
 	if (fmt == FMT_QCOW2)

@@ -1,0 +1,65 @@
+#!/bin/bash
+# The habits rsync, scp and qemu-img users bring (issue 17): formats sparsync
+# does not read or write are named and refused, never copied as container
+# bytes or written under a misleading name; usage errors exit 2.
+. "$(dirname "$0")/../lib.sh"
+
+exit_is() { # NAME WANT CMD...: CMD exits with status WANT
+	local name=$1 want=$2; shift 2
+	"$@" >"$T/.out" 2>&1; local rc=$?
+	cp "$T/.out" "$T/.last"
+	if [ $rc = "$want" ]; then pass "$name (exit $rc)"; else
+		fail "$name (exit $rc, want $want)"; sed 's/^/    | /' "$T/.out" | head -5
+	fi
+}
+
+truncate -s 16M "$T/a.raw"
+put_random "$T/a.raw" $MiB 0
+
+# ---- sources in formats sparsync does not read ----
+for f in vmdk vhdx vdi qed vpc parallels; do
+	qemu-img create -q -f $f "$T/x.$f" 16M
+	qemu-io -f $f -c "write -P 7 0 64k" "$T/x.$f" >/dev/null 2>&1
+	exit_is "a $f source is refused" 1 "$SPARSYNC" copy "$T/x.$f" "$T/out.raw"
+	said "it names the format ($f)" "x.$f: is a $f.* image, which sparsync does not read"
+	check "nothing written ($f)" test ! -e "$T/out.raw"
+done
+qemu-img create -q --object secret,id=s0,data=pw -f luks -o key-secret=s0 "$T/x.luks" 16M
+exit_is "a LUKS source is refused" 1 "$SPARSYNC" copy "$T/x.luks" "$T/out.raw"
+said "it names the format (luks)" 'is a luks image'
+qemu-img create -q -f vmdk -o subformat=monolithicFlat "$T/flat.vmdk" 1M
+exit_is "a vmdk descriptor is refused" 1 "$SPARSYNC" copy "$T/flat.vmdk" "$T/out.raw"
+check "-f raw copies the container's bytes" "$SPARSYNC" copy -f raw "$T/x.vmdk" "$T/out.raw"
+check "byte for byte" cmp "$T/x.vmdk" "$T/out.raw"
+rm -f "$T/out.raw"
+qemu-img create -q -f qcow2 -u -b x.vdi -F vdi "$T/ovl.qcow2" 16M
+exit_is "an overlay of a vdi is refused" 1 "$SPARSYNC" copy "$T/ovl.qcow2" "$T/out.raw"
+said "it names the backing format" "backing file format 'vdi' is not supported"
+
+# ---- destinations named for formats sparsync does not write ----
+for e in vmdk vhdx vdi VHD qed; do
+	exit_is "a .$e destination is refused" 1 "$SPARSYNC" copy "$T/a.raw" "$T/y.$e"
+	said "it says why (.$e)" "y.$e: is named as a .* image, which sparsync does not write; give -O"
+	check "nothing created (.$e)" test -z "$(ls -A "$T" | grep "^y\.\|^\.y\.")"
+done
+check "-O raw writes it anyway" "$SPARSYNC" copy -O raw "$T/a.raw" "$T/y.vmdk"
+check "as raw" cmp "$T/a.raw" "$T/y.vmdk"
+rm -f "$T/y.vmdk" "$T/.y.vmdk.sparsync"
+cp "$T/x.vdi" "$T/noext"
+cp "$T/noext" "$T/noext.before"
+exit_is "an existing vdi destination is not overwritten as raw" 1 "$SPARSYNC" copy "$T/a.raw" "$T/noext"
+said "it says what it is" 'noext: is a vdi image, which sparsync does not write'
+check "and is untouched" cmp "$T/noext" "$T/noext.before"
+qemu-img create -q -f qcow2 "$T/base.qcow2" 16M
+exit_is "--backing into a .raw name is refused" 1 "$SPARSYNC" copy --backing base.qcow2 "$T/base.qcow2" "$T/c.raw"
+said "it says why (--backing)" 'the name says raw; give -O qcow2'
+check "-O qcow2 writes the overlay under that name" "$SPARSYNC" copy -O qcow2 --backing base.qcow2 "$T/base.qcow2" "$T/c.raw"
+check "and it is a qcow2" sh -c "qemu-img info '$T/c.raw' | grep -q 'file format: qcow2'"
+
+# ---- usage errors exit 2 ----
+exit_is "--compress gzip (local copy) is a usage error" 2 "$SPARSYNC" copy --compress gzip "$T/a.raw" "$T/z.raw"
+exit_is "--compress gzip (push) is a usage error" 2 "$SPARSYNC" copy --compress gzip "$T/a.raw" host:/x.raw
+exit_is "an unknown option is a usage error" 2 "$SPARSYNC" copy --bogus "$T/a.raw" "$T/z.raw"
+exit_is "-O vmdk is a usage error" 2 "$SPARSYNC" copy -O vmdk "$T/a.raw" "$T/z.raw"
+exit_is "one operand is a usage error" 2 "$SPARSYNC" copy "$T/a.raw"
+check "nothing was written by the usage errors" test ! -e "$T/z.raw"
