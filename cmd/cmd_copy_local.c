@@ -6,9 +6,11 @@
 #include "../core/copy.h"
 #include "../core/dest.h"
 #include "../core/error.h"
+#include "../core/paths.h"
 #include "../core/track.h"
 #include "../formats/change_map.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -38,11 +40,13 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 		image_close(src);
 		return sp_err("%s: source and destination are the same file", dpath);
 	}
+	char *src_name = path_base(cli->src.path);
 	struct dest_opts dop = {
 		.out_fmt = cli->out_fmt, .create = &cli->create, .update = !cli->whole,
 		.target_is_zero = cli->target_is_zero, .inplace = cli->inplace,
 		.space_check = !cli->no_space_check,
 		.digest = !cli->no_digest, .digest_file = cli->digest_file,
+		.src_name = src_name,
 	};
 	struct dest d;
 	int rc = dest_open(&d, dpath, &dop);
@@ -98,6 +102,7 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 	change_map_free(&changed);
 	track_free(&tr);
 	dest_close(&d);
+	free(src_name);
 	image_close(src);
 	return rc;
 }

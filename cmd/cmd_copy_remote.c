@@ -8,6 +8,7 @@
 
 #include "../core/copy.h"
 #include "../core/error.h"
+#include "../core/paths.h"
 #include "../core/receive.h"
 #include "../core/send.h"
 #include "../core/stats.h"
@@ -103,6 +104,11 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 	serve_prefix(&c, cli);
 	if (push) {
 		cl_opt(&c, "--receive", path);
+		/* A remote directory means DIR/BASENAME(SRC), as with scp. */
+		char *base = path_base(cli->src.path);
+		if (base && *base && cli->src.kind == EP_LOCAL)
+			cl_opt(&c, "--source-name", base);
+		free(base);
 		cl_opt(&c, "--sync", NULL);
 		if (cli->whole)
 			cl_opt(&c, "--whole", NULL);
@@ -288,9 +294,6 @@ static int push(const struct copy_cli *cli, struct sp_stats *st)
 
 static int pull(const struct copy_cli *cli, struct sp_stats *st)
 {
-	struct stat sb;
-	if (stat(cli->dst.path, &sb) == 0 && S_ISDIR(sb.st_mode))
-		return sp_err("%s: is a directory (give the destination file name)", cli->dst.path);
 	char *cmd = serve_command(cli, false, cli->src.path);
 	struct transport *t = cmd ? connect_remote(cli, &cli->src, cmd) : NULL;
 	free(cmd);
@@ -298,14 +301,17 @@ static int pull(const struct copy_cli *cli, struct sp_stats *st)
 		return -1;
 	/* The remote paces its own sending; our writes are tiny. */
 	t->bwlimit = 0;
+	char *pulled_name = path_base(cli->src.path); /* a local directory: DIR/NAME */
 	struct receive_opts ro = {
 		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
 		.whole = cli->whole, .target_is_zero = cli->target_is_zero,
 		.inplace = cli->inplace, .no_space_check = cli->no_space_check, .sync = true,
 		.no_digest = cli->no_digest, .digest_file = cli->digest_file,
+		.src_name = pulled_name,
 		.workers = cli->workers, .progress = cli->progress,
 	};
 	int rc = receive_run(t, &ro, st);
+	free(pulled_name);
 	return remote_finish(t, rc);
 }
 

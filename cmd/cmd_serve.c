@@ -25,7 +25,7 @@ static const char serve_usage[] =
 	"usage: sparsync serve --receive PATH [-O raw|qcow2] [--cluster-size SIZE] [-c zstd|zlib]\n"
 	"                      [--sync] [--backing FILE] [--whole] [--target-is-zero]\n"
 	"                      [--inplace] [--no-space-check] [--no-digest]\n"
-	"                      [--digest-file PATH]\n"
+	"                      [--digest-file PATH] [--source-name NAME]\n"
 	"       sparsync serve --send PATH [-f raw|qcow2] [-U] [--bitmap NAME | --track]\n"
 	"                      [--compress C]\n"
 	"                      [--bwlimit RATE]\n"
@@ -38,7 +38,7 @@ static const char serve_usage[] =
 enum {
 	OPT_RECEIVE = 256, OPT_SEND, OPT_HASHES, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT,
 	OPT_BACKING, OPT_WHOLE, OPT_HASH_UNIT, OPT_SYNC, OPT_TIMEOUT, OPT_TARGET_ZERO, OPT_INPLACE,
-	OPT_NO_SPACE, OPT_NO_DIGEST, OPT_DIGEST_FILE, OPT_BITMAP, OPT_TRACK,
+	OPT_NO_SPACE, OPT_NO_DIGEST, OPT_DIGEST_FILE, OPT_BITMAP, OPT_TRACK, OPT_SOURCE_NAME,
 };
 
 struct serve_args {
@@ -48,7 +48,7 @@ struct serve_args {
 	struct codec_choice codec;
 	uint64_t bwlimit;
 	bool whole, sync, target_is_zero, inplace, no_space_check, no_digest, force_share, track;
-	const char *digest_file, *bitmap;
+	const char *digest_file, *bitmap, *source_name;
 	uint32_t hash_unit;
 	unsigned workers;
 	unsigned timeout_s;
@@ -72,6 +72,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		{ "digest-file", required_argument, NULL, OPT_DIGEST_FILE },
 		{ "bitmap", required_argument, NULL, OPT_BITMAP },
 		{ "track", no_argument, NULL, OPT_TRACK },
+		{ "source-name", required_argument, NULL, OPT_SOURCE_NAME },
 		{ "sync", no_argument, NULL, OPT_SYNC },
 		{ "hash-unit", required_argument, NULL, OPT_HASH_UNIT },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
@@ -98,6 +99,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		case OPT_DIGEST_FILE: a->digest_file = optarg; break;
 		case OPT_BITMAP: a->bitmap = optarg; break;
 		case OPT_TRACK: a->track = true; break;
+		case OPT_SOURCE_NAME: a->source_name = optarg; break;
 		case OPT_SYNC: a->sync = true; break;
 		case OPT_HASH_UNIT:
 			if (parse_size(optarg, &v) < 0 || v < SYNC_UNIT_MIN || v > SYNC_UNIT_MAX ||
@@ -222,6 +224,7 @@ int cmd_serve(int argc, char **argv)
 			.whole = a.whole, .target_is_zero = a.target_is_zero, .inplace = a.inplace,
 			.no_space_check = a.no_space_check, .sync = a.sync,
 			.no_digest = a.no_digest, .digest_file = a.digest_file,
+			.src_name = a.source_name,
 			.workers = a.workers,
 			.progress = PROGRESS_OFF,
 		};

@@ -160,12 +160,42 @@ static int guard(struct dest *d)
 	return 0;
 }
 
+/* DST as a directory (existing, or named with a trailing '/'): the file
+ * of the source's name in it. NULL when DST is not one. */
+static char *into_directory(const char *path, const char *src_name, int *err)
+{
+	size_t n = strlen(path);
+	struct stat sb;
+	bool slash = n && path[n - 1] == '/';
+	*err = 0;
+	if (!src_name || (!slash && (stat(path, &sb) < 0 || !S_ISDIR(sb.st_mode))))
+		return NULL;
+	if (slash && (stat(path, &sb) < 0 || !S_ISDIR(sb.st_mode))) {
+		*err = sp_err("%s: directory does not exist", path);
+		return NULL;
+	}
+	if (!*src_name || !strcmp(src_name, ".") || !strcmp(src_name, "..") || !strcmp(src_name, "/")) {
+		*err = sp_err("%s: is a directory, and the source has no file name to give the copy "
+			      "in it", path);
+		return NULL;
+	}
+	char *p = path_join(path, src_name);
+	if (!p)
+		*err = sp_err("%s: out of memory", path);
+	return p;
+}
+
 static int open_kind(struct dest *d, const char *path, const struct dest_opts *o)
 {
 	d->guard_fd = -1;
 	d->o = *o;
 	d->existing = FMT_AUTO;
-	d->path = strdup(path);
+	int err;
+	d->path = into_directory(path, o->src_name, &err);
+	if (err < 0)
+		return -1;
+	if (!d->path)
+		d->path = strdup(path);
 	if (!d->path)
 		return sp_err("%s: out of memory", path);
 	struct stat sb;

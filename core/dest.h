@@ -61,6 +61,10 @@ struct dest_opts {
 	 * does not change when they are written) nor new overlays. */
 	bool digest;
 	const char *digest_file;
+	/* The source's file name: a DST that is an existing directory, or
+	 * ends in '/', means DST/src_name (rsync's and scp's habit). NULL: a
+	 * directory is refused (a stream has no name). */
+	const char *src_name;
 };
 
 /* dest_begin's data argument when the source's data size is not known. */

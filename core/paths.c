@@ -31,6 +31,26 @@ char *path_sibling(const char *path, const char *suffix)
 	return out;
 }
 
+char *path_base(const char *path)
+{
+	char *copy = strdup(path);
+	char *b = copy ? strdup(basename(copy)) : NULL;
+	free(copy);
+	return b;
+}
+
+char *path_join(const char *dir, const char *name)
+{
+	size_t n = strlen(dir);
+	while (n > 1 && dir[n - 1] == '/')
+		n--;
+	size_t len = n + strlen(name) + 2;
+	char *out = malloc(len);
+	if (out)
+		snprintf(out, len, "%.*s%s%s", (int)n, dir, n && dir[n - 1] == '/' ? "" : "/", name);
+	return out;
+}
+
 void path_sync_dir(const char *path)
 {
 	char *dir = path_dir(path);

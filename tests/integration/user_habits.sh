@@ -24,7 +24,7 @@ for f in vmdk vhdx vdi qed vpc parallels; do
 	said "it names the format ($f)" "x.$f: is a $f.* image, which sparsync does not read"
 	check "nothing written ($f)" test ! -e "$T/out.raw"
 done
-qemu-img create -q --object secret,id=s0,data=pw -f luks -o key-secret=s0 "$T/x.luks" 16M
+qemu-img create -q --object secret,id=s0,data=pw -f luks -o key-secret=s0,iter-time=10 "$T/x.luks" 16M || fail "qemu-img cannot make a LUKS image"
 exit_is "a LUKS source is refused" 1 "$SPARSYNC" copy "$T/x.luks" "$T/out.raw"
 said "it names the format (luks)" 'is a luks image'
 qemu-img create -q -f vmdk -o subformat=monolithicFlat "$T/flat.vmdk" 1M
@@ -63,3 +63,28 @@ exit_is "an unknown option is a usage error" 2 "$SPARSYNC" copy --bogus "$T/a.ra
 exit_is "-O vmdk is a usage error" 2 "$SPARSYNC" copy -O vmdk "$T/a.raw" "$T/z.raw"
 exit_is "one operand is a usage error" 2 "$SPARSYNC" copy "$T/a.raw"
 check "nothing was written by the usage errors" test ! -e "$T/z.raw"
+
+# ---- directory destinations, as rsync and scp take them ----
+mkdir -p "$T/dir"
+check "copy into an existing directory" "$SPARSYNC" copy "$T/a.raw" "$T/dir"
+check "lands as DIR/BASENAME(SRC)" cmp "$T/a.raw" "$T/dir/a.raw"
+check "a trailing slash too (a sync now)" "$SPARSYNC" copy --json "$T/a.raw" "$T/dir/"
+said "the second run syncs the same file" '"destination":"journal"'
+exit_is "a trailing slash on a missing directory" 1 "$SPARSYNC" copy "$T/a.raw" "$T/nodir/"
+said "says so" 'nodir/: directory does not exist'
+check "and creates nothing" test ! -e "$T/nodir"
+qemu-img create -q -f qcow2 "$T/v.qcow2" 16M
+check "the name's extension picks the format" "$SPARSYNC" copy "$T/v.qcow2" "$T/dir"
+check "dir/v.qcow2 is a qcow2" sh -c "qemu-img info '$T/dir/v.qcow2' | grep -q 'file format: qcow2'"
+exit_is "a stream into a directory is refused (no name)" 1 sh -c "'$SPARSYNC' copy -q '$T/a.raw' - | '$SPARSYNC' copy -q - '$T/dir' 2>&1"
+cat >"$T/fake-ssh" <<'EOS'
+#!/bin/sh
+while [ $# -gt 1 ]; do shift; done
+exec sh -c "$1"
+EOS
+chmod +x "$T/fake-ssh"
+mkdir -p "$T/rdir" "$T/ldir"
+check "push into a remote directory" "$SPARSYNC" copy -e "$T/fake-ssh" --remote-path "$SPARSYNC" "$T/a.raw" "host:$T/rdir/"
+check "lands as DIR/BASENAME(SRC) remotely" cmp "$T/a.raw" "$T/rdir/a.raw"
+check "pull into a local directory" "$SPARSYNC" copy -e "$T/fake-ssh" --remote-path "$SPARSYNC" "host:$T/rdir/a.raw" "$T/ldir"
+check "lands as DIR/BASENAME(SRC) locally" cmp "$T/a.raw" "$T/ldir/a.raw"
