@@ -237,8 +237,9 @@ int cmd_serve(int argc, char **argv)
 	transport_close(t, NULL);
 	if (rc == 0)
 		return 0;
-	/* When the peer told us why, it knows already: no second message. */
-	if (rc != PROTO_PEER_FAILED)
+	/* When the peer told us why, it knows already; when we told it, it
+	 * shows the message: one line, from the client. */
+	if (rc != PROTO_PEER_FAILED && rc != PROTO_ERROR_SENT)
 		fprintf(stderr, "sparsync serve: %s\n", sp_errmsg());
 	return EXIT_FAIL;
 }

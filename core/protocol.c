@@ -781,12 +781,13 @@ int proto_write_hello(struct transport *t, const struct proto_hello *h)
 	return transport_write(t, b, sizeof b);
 }
 
-void proto_send_error(struct transport *t, const char *msg)
+int proto_send_error(struct transport *t, const char *msg)
 {
 	char saved[1024];
 	snprintf(saved, sizeof saved, "%s", sp_errmsg());
 	uint8_t b[PROTO_FRAME_SIZE + PROTO_ERROR_MAX];
 	size_t n = proto_encode_error(b, msg);
-	transport_write(t, b, n);
+	int rc = transport_write(t, b, n);
 	sp_err("%s", saved);
+	return rc < 0 ? -1 : 0;
 }

@@ -347,11 +347,15 @@ int proto_read(struct proto_reader *r, struct proto_rec *rec);
 int proto_peer_error(const struct proto_session *s, const struct proto_rec *rec);
 
 int proto_write_hello(struct transport *t, const struct proto_hello *h);
-/* Best effort: tell the peer why we stop. Keeps sp_errmsg() unchanged. */
-void proto_send_error(struct transport *t, const char *msg);
+/* Best effort: tell the peer why we stop. Keeps sp_errmsg() unchanged.
+ * 0 when the record went out. */
+int proto_send_error(struct transport *t, const char *msg);
 
 /* A failure the peer itself reported (its ERROR record): callers need not
  * tell it again. Functions returning this also leave the message set. */
 #define PROTO_PEER_FAILED (-2)
+/* We failed and said why in an ERROR record: the peer shows it, so a
+ * server need not print it too. The message is set. */
+#define PROTO_ERROR_SENT (-3)
 
 #endif

@@ -231,6 +231,7 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 	struct progress prog = { 0 };
 
 	bool sync = o->sync && !o->stream;
+	bool told = false; /* our ERROR record went out */
 	int rc = write_hello(&r);
 	if (rc == 0 && sync) {
 		rc = choose_dest(&r, true);
@@ -281,8 +282,11 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 		if (r.have_dest)
 			dest_abort(&r.d);
 		sp_err("%s", saved);
-		if (r.answer && !r.peer_failed)
-			proto_send_error(t, sp_errmsg());
+		/* Only a sparsync client reads (and shows) our ERROR: one that
+		 * said hello, or asked for a hash list (--sync), which is all a
+		 * client does before its hello is read. */
+		if (r.answer && !r.peer_failed && proto_send_error(t, sp_errmsg()) == 0)
+			told = r.s.caps != 0 || o->sync;
 	}
 	if (r.have_dest)
 		dest_close(&r.d);
@@ -294,7 +298,7 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 	codec_ctx_free(r.cc);
 	free(r.out);
 	if (rc < 0)
-		return r.peer_failed ? PROTO_PEER_FAILED : -1;
+		return r.peer_failed ? PROTO_PEER_FAILED : told ? PROTO_ERROR_SENT : -1;
 	return 0;
 }
 
@@ -316,8 +320,8 @@ int hashes_serve(struct transport *t, const char *path, enum image_format fmt, u
 		rc = -1;
 	if (rc == 0)
 		rc = sync_list_write(t, img, unit, workers, NULL);
-	if (rc < 0)
-		proto_send_error(t, sp_errmsg());
+	if (rc < 0 && proto_send_error(t, sp_errmsg()) == 0)
+		rc = PROTO_ERROR_SENT;
 	image_close(img);
 	return rc;
 }

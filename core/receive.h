@@ -44,8 +44,9 @@ struct receive_opts {
  * On failure a temporary file is gone (an image updated in place is rolled
  * back by its undo journal; with --inplace or on a device it stays, a
  * consistent mix of old and new that a re-run completes), the sender got
- * an ERROR record when it can read one, and the return is -1, or
- * PROTO_PEER_FAILED when the sender reported the error. */
+ * an ERROR record when it can read one, and the return is -1,
+ * PROTO_PEER_FAILED when the sender reported the error, or
+ * PROTO_ERROR_SENT when our ERROR record told it. */
 int receive_run(struct transport *t, const struct receive_opts *o, struct sp_stats *st);
 
 /* `serve --hashes`: write a receiver's hello and, at once, the hash list

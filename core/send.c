@@ -399,7 +399,9 @@ int sender_abort(struct sender *s)
 		/* What was queued goes first, so the reader sees whole records. */
 		if (flush_wbuf(s) < 0)
 			return s->peer_failed ? PROTO_PEER_FAILED : sp_err("%s", saved);
-		proto_send_error(s->t, saved);
+		/* Only a peer that said hello reads (and shows) our ERROR. */
+		if (proto_send_error(s->t, saved) == 0 && s->s.caps)
+			return PROTO_ERROR_SENT;
 	}
 	return -1;
 }

@@ -116,7 +116,8 @@ int sender_use_bitmap(struct sender *s, struct image *src, const char *name,
  * the sender itself. */
 struct sink *sender_sink(struct sender *s);
 /* After a failure: tell the peer (ERROR record) unless it told us.
- * Returns -1, or PROTO_PEER_FAILED when the peer reported the failure. */
+ * Returns -1, PROTO_PEER_FAILED when the peer reported the failure, or
+ * PROTO_ERROR_SENT when our ERROR record told it. */
 int sender_abort(struct sender *s);
 void sender_free(struct sender *s);
 

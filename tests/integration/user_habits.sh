@@ -88,3 +88,13 @@ check "push into a remote directory" "$SPARSYNC" copy -e "$T/fake-ssh" --remote-
 check "lands as DIR/BASENAME(SRC) remotely" cmp "$T/a.raw" "$T/rdir/a.raw"
 check "pull into a local directory" "$SPARSYNC" copy -e "$T/fake-ssh" --remote-path "$SPARSYNC" "host:$T/rdir/a.raw" "$T/ldir"
 check "lands as DIR/BASENAME(SRC) locally" cmp "$T/a.raw" "$T/ldir/a.raw"
+
+# ---- a remote error is shown once, with the host named ----
+for i in 1 2 3; do
+	exit_is "push into a missing remote directory (try $i)" 1 \
+		"$SPARSYNC" copy -e "$T/fake-ssh" --remote-path "$SPARSYNC" "$T/a.raw" "host:$T/missing/x.raw"
+	check "one line, naming the host (try $i)" sh -c "[ \$(wc -l <'$T/.last') = 1 ] && grep -q '^sparsync: host: .*missing/x.raw: directory does not exist' '$T/.last'"
+done
+exit_is "pull of a missing remote file" 1 \
+	"$SPARSYNC" copy -e "$T/fake-ssh" --remote-path "$SPARSYNC" "host:$T/none.raw" "$T/none.raw"
+check "one line, naming the host (pull)" sh -c "[ \$(wc -l <'$T/.last') = 1 ] && grep -q '^sparsync: host: .*none.raw: No such file' '$T/.last'"
