@@ -34,6 +34,11 @@ struct pipeline {
 	bool read_ahead;
 	const struct change_map *changed;
 	uint64_t changed_round;
+	/* Progress counts the bytes to read, not the virtual size: holes pass
+	 * at what they cost, nothing. A first walk (counting, allocation map
+	 * only) finds the total. */
+	bool counting;
+	uint64_t work;             /* bytes queued (or, counting, to queue) */
 
 	pthread_mutex_t lock;
 	pthread_cond_t not_empty, not_full;
@@ -159,13 +164,14 @@ static bool read_range(struct pipeline *p, struct progress *prog, uint64_t pos, 
 		if (up > to)
 			up = to;
 		if (e.kind != EXTENT_DATA && down > pos) {
-			if (p->sink->ops->zero(p->sink, pos, down - pos) < 0) {
-				pipeline_fail(p);
-				return false;
+			if (!p->counting) {
+				if (p->sink->ops->zero(p->sink, pos, down - pos) < 0) {
+					pipeline_fail(p);
+					return false;
+				}
+				stats_add(p->st->bytes_zero, down - pos);
 			}
-			stats_add(p->st->bytes_zero, down - pos);
 			pos = down;
-			progress_update(prog, pos, p->st);
 			continue;
 		}
 		/* Data, or a hole shorter than a grain: read [pos, up). The
@@ -175,12 +181,15 @@ static bool read_range(struct pipeline *p, struct progress *prog, uint64_t pos, 
 		for (bool first = true; pos < up; first = false) {
 			uint64_t next = (pos / p->bs + 1) * p->bs;
 			size_t n = (size_t)((next < up ? next : up) - pos);
-			if (p->read_ahead || first)
-				image_prefetch(src, pos, n);
-			if (!enqueue(p, pos, n))
-				return false;
 			pos += n;
-			progress_update(prog, pos, p->st);
+			p->work += n;
+			if (p->counting)
+				continue;
+			if (p->read_ahead || first)
+				image_prefetch(src, pos - n, n);
+			if (!enqueue(p, pos - n, n))
+				return false;
+			progress_update(prog, p->work, p->st);
 		}
 	}
 	return true;
@@ -247,7 +256,19 @@ int copy_run(struct image *src, struct sink *sink, const struct copy_opts *o, st
 	pthread_cond_init(&p.not_full, NULL);
 
 	struct progress prog;
-	progress_init(&prog, o->progress, src->size);
+	progress_init(&prog, o->progress, 0);
+	if (prog.on) {
+		p.counting = true;
+		read_extents(&p, &prog);
+		p.counting = false;
+		progress_set_total(&prog, p.work);
+		p.work = 0;
+		if (p.failed) {
+			/* The walk found a broken map: the real run says so. */
+			p.failed = false;
+			sp_err_clear();
+		}
+	}
 	double t0 = now_seconds();
 	st->bytes_virtual = src->size;
 	uint64_t read0 = src->bytes_read;

@@ -11,6 +11,11 @@ void progress_init(struct progress *p, enum progress_mode mode, uint64_t total)
 	p->start = p->last = now_seconds();
 }
 
+void progress_set_total(struct progress *p, uint64_t total)
+{
+	p->total = total;
+}
+
 void progress_update(struct progress *p, uint64_t done, const struct sp_stats *st)
 {
 	if (!p->on)

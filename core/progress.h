@@ -19,6 +19,8 @@ struct progress {
 };
 
 void progress_init(struct progress *p, enum progress_mode mode, uint64_t total);
+/* The total, once known (after progress_init, before the first update). */
+void progress_set_total(struct progress *p, uint64_t total);
 /* done: bytes of the total handled so far. Cheap when called often. */
 void progress_update(struct progress *p, uint64_t done, const struct sp_stats *st);
 /* Erase the line so that following output starts clean. */

@@ -31,6 +31,7 @@ struct receiver {
 	bool answer;           /* the sender reads our replies */
 	bool peer_failed;
 	struct proto_end seen; /* what arrived, to check against END */
+	bool by_data;          /* progress over data bytes (a new DST) */
 };
 
 static int next(struct receiver *r, struct proto_rec *rec)
@@ -156,7 +157,8 @@ static int apply(struct receiver *r, struct sink *sink, struct progress *prog)
 			proto_digest_data(&r->dg, d->offset, d->length, &d->hash);
 			r->seen.data_bytes += d->length;
 			r->seen.data_records++;
-			progress_update(prog, d->offset + d->length, r->st);
+			progress_update(prog, r->by_data ? r->seen.data_bytes : d->offset + d->length,
+					r->st);
 			break;
 		}
 		case REC_ZERO: {
@@ -165,7 +167,8 @@ static int apply(struct receiver *r, struct sink *sink, struct progress *prog)
 				return -1;
 			proto_digest_zero(&r->dg, z->offset, z->length);
 			r->seen.zero_bytes += z->length;
-			progress_update(prog, z->offset + z->length, r->st);
+			if (!r->by_data)
+				progress_update(prog, z->offset + z->length, r->st);
 			break;
 		}
 		case REC_TRACK:
@@ -208,7 +211,11 @@ static int apply(struct receiver *r, struct sink *sink, struct progress *prog)
 static int receive_body(struct receiver *r, struct progress *prog)
 {
 	struct sink *sink = dest_sink(&r->d, r->st, r->s.caps & CAP_DIGEST);
-	progress_init(prog, r->o->progress, r->s.image.size);
+	/* A new DST receives all the source's data: progress over it (holes
+	 * cost nothing). A sync receives only what differs, in offset order:
+	 * progress over the offset reached. */
+	r->by_data = !dest_known_image(&r->d) && r->s.image.has_data;
+	progress_init(prog, r->o->progress, r->by_data ? r->s.image.data : r->s.image.size);
 	int rc = apply(r, sink, prog);
 	if (rc == 0)
 		rc = sink->ops->finish(sink);

@@ -104,3 +104,18 @@ done
 exit_is "pull of a missing remote file" 1 \
 	"$SPARSYNC" copy -e "$T/fake-ssh" --remote-path "$SPARSYNC" "host:$T/none.raw" "$T/none.raw"
 check "one line, naming the host (pull)" sh -c "[ \$(wc -l <'$T/.last') = 1 ] && grep -q '^sparsync: host: .*none.raw: No such file' '$T/.last'"
+
+# ---- progress over the bytes to read, not the virtual size ----
+truncate -s 1T "$T/big.raw"
+put_random "$T/big.raw" $((64 * MiB)) $((300 * 1024 * MiB))
+progress_lines() { script -qc "$*" /dev/null | tr '\r' '\n' | grep '%'; }
+progress_lines "'$SPARSYNC' copy -P '$T/big.raw' '$T/big2.raw'" >"$T/prog.txt"
+check "local copy of a 1 TiB sparse file shows progress" test -s "$T/prog.txt"
+check "over its 64 MiB of data: it ends at 64.0 MiB 100.0%" grep -q '^64\.0 MiB 100\.0%' "$T/prog.txt"
+check "never a GiB or TiB figure (the virtual size)" sh -c "! grep -q '^[0-9.]* [GT]iB ' '$T/prog.txt'"
+rm -f "$T/big2.raw" "$T/.big2.raw.sparsync"
+progress_lines "'$SPARSYNC' copy -P -e '$T/fake-ssh' --remote-path '$SPARSYNC' 'host:$T/big.raw' '$T/big2.raw'" >"$T/prog.txt"
+check "a pull into a new file: progress over the data" grep -q '^64\.0 MiB 100\.0%' "$T/prog.txt"
+check "pull: never the virtual size" sh -c "! grep -q '^[0-9.]* [GT]iB ' '$T/prog.txt'"
+check "the pull is right" "$SPARSYNC" verify -q "$T/big.raw" "$T/big2.raw"
+rm -f "$T/big.raw" "$T/big2.raw"
