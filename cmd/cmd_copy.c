@@ -152,6 +152,10 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 	    endpoint_parse(argv[optind + 1], &cli->dst) < 0)
 		return usage_error("copy", "%s", sp_errmsg());
 	bool src_far = cli->src.kind != EP_LOCAL, dst_far = cli->dst.kind != EP_LOCAL;
+	for (const struct endpoint *ep = &cli->src; ep; ep = ep == &cli->src ? &cli->dst : NULL)
+		if (ep->port && cli->port && ep->port != cli->port)
+			return usage_error("copy", "-p %d and the URL's port %d disagree", cli->port,
+					   ep->port);
 	if (src_far && dst_far)
 		return usage_error("copy", "SRC and DST cannot both be remote or streams");
 	if (cli->track && cli->bitmap)

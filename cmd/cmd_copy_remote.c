@@ -59,6 +59,38 @@ static void cl_arg(struct cmdline *c, const char *arg)
 	cl_add(c, "'");
 }
 
+/* A remote path: quoted, but a leading ~ or ~user left for the remote
+ * shell to expand, as scp and rsync users expect (the name is checked to
+ * be a plain user name, so nothing else reaches the shell unquoted). */
+static void cl_path(struct cmdline *c, const char *opt, const char *path)
+{
+	cl_add(c, " ");
+	cl_add(c, opt);
+	size_t n = path[0] == '~' ? strcspn(path, "/") : 0;
+	bool plain = n > 0;
+	for (size_t i = 1; i < n; i++)
+		plain &= (path[i] >= 'a' && path[i] <= 'z') || (path[i] >= 'A' && path[i] <= 'Z') ||
+			 (path[i] >= '0' && path[i] <= '9') || strchr("._-", path[i]);
+	if (!plain) {
+		cl_arg(c, path);
+		return;
+	}
+	char word[300];
+	snprintf(word, sizeof word, " %.*s", (int)(n < 256 ? n : 256), path);
+	cl_add(c, word);
+	if (path[n]) {
+		cl_add(c, "/");
+		if (path[n + 1]) {
+			/* the rest, quoted, right after the slash */
+			struct cmdline rest = { 0 };
+			cl_arg(&rest, path + n + 1);
+			cl_add(c, rest.oom || !rest.s ? "''" : rest.s + 1);
+			c->oom |= rest.oom;
+			free(rest.s);
+		}
+	}
+}
+
 static void cl_opt(struct cmdline *c, const char *opt, const char *val)
 {
 	cl_add(c, " ");
@@ -103,7 +135,7 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 	char num[32];
 	serve_prefix(&c, cli);
 	if (push) {
-		cl_opt(&c, "--receive", path);
+		cl_path(&c, "--receive", path);
 		/* A remote directory means DIR/BASENAME(SRC), as with scp. */
 		char *base = path_base(cli->src.path);
 		if (base && *base && cli->src.kind == EP_LOCAL)
@@ -135,7 +167,7 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 		else if (cli->create.compress == CODEC_ZLIB)
 			cl_opt(&c, "-c", "zlib");
 	} else {
-		cl_opt(&c, "--send", path);
+		cl_path(&c, "--send", path);
 		if (cli->force_share)
 			cl_opt(&c, "-U", NULL);
 		if (cli->bitmap)
@@ -160,7 +192,7 @@ static struct transport *connect_remote(const struct copy_cli *cli, const struct
 	struct remote_opts ro = {
 		.host = ep->host,
 		.user = ep->user,
-		.port = cli->port,
+		.port = ep->port ? ep->port : cli->port,
 		.identity = cli->identity,
 		.known_hosts = cli->known_hosts,
 		.accept_new_host_key = cli->accept_new_host_key,
@@ -181,7 +213,7 @@ struct transport *remote_open_hashes(const struct copy_cli *cli, const struct en
 	struct cmdline c = { 0 };
 	char num[32];
 	serve_prefix(&c, cli);
-	cl_opt(&c, "--hashes", ep->path);
+	cl_path(&c, "--hashes", ep->path);
 	if (cli->force_share)
 		cl_opt(&c, "-U", NULL);
 	snprintf(num, sizeof num, "%u", unit);

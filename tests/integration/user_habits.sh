@@ -119,3 +119,31 @@ check "a pull into a new file: progress over the data" grep -q '^64\.0 MiB 100\.
 check "pull: never the virtual size" sh -c "! grep -q '^[0-9.]* [GT]iB ' '$T/prog.txt'"
 check "the pull is right" "$SPARSYNC" verify -q "$T/big.raw" "$T/big2.raw"
 rm -f "$T/big.raw" "$T/big2.raw"
+
+# ---- remote paths: ~, host: (the home directory), ssh:// URLs ----
+mkdir -p "$T/home"
+cat >"$T/log-ssh" <<EOS
+#!/bin/sh
+echo "\$@" >>"$T/ssh.log"
+while [ \$# -gt 1 ]; do shift; done
+cd "\$HOME" # where sshd starts the remote command
+exec sh -c "\$1"
+EOS
+chmod +x "$T/log-ssh"
+RE="-e $T/log-ssh --remote-path $SPARSYNC"
+check "push to host:~/x.raw" env HOME="$T/home" "$SPARSYNC" copy $RE "$T/a.raw" "host:~/x.raw"
+check "~ is the remote home directory" cmp "$T/a.raw" "$T/home/x.raw"
+check "push to host: (scp's habit)" env HOME="$T/home" sh -c "cd '$T' && '$SPARSYNC' copy $RE a.raw host:"
+check "host: is the home directory (DIR/BASENAME)" cmp "$T/a.raw" "$T/home/a.raw"
+check "pull from host:~/x.raw" env HOME="$T/home" "$SPARSYNC" copy $RE "host:~/x.raw" "$T/back.raw"
+check "pulled right" cmp "$T/a.raw" "$T/back.raw"
+check "push to ssh://user@host:2222/~/y.raw" env HOME="$T/home" "$SPARSYNC" copy $RE "$T/a.raw" "ssh://me@host:2222/~/y.raw"
+check "the URL's ~ path" cmp "$T/a.raw" "$T/home/y.raw"
+check "the URL's port and user reach ssh" sh -c "tail -1 '$T/ssh.log' | grep -q -- '-p 2222' && tail -1 '$T/ssh.log' | grep -q -- '-l me\|me@host'"
+check "push to ssh://host/ABSOLUTE" "$SPARSYNC" copy $RE "$T/a.raw" "ssh://host$T/z.raw"
+check "the URL's absolute path" cmp "$T/a.raw" "$T/z.raw"
+exit_is "-p and a URL port that disagree" 2 "$SPARSYNC" copy -p 22 $RE "$T/a.raw" "ssh://host:2222/x.raw"
+exit_is "a URL without a path" 2 "$SPARSYNC" copy $RE "$T/a.raw" "ssh://host"
+exit_is "a leading ~ that is no user name stays quoted" 1 \
+	env HOME="$T/home" "$SPARSYNC" copy $RE "$T/a.raw" "host:~;touch $T/pwned/x.raw"
+check "nothing ran in the remote shell" test ! -e "$T/pwned"
