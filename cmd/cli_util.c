@@ -7,6 +7,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 int usage_error(const char *cmd, const char *fmt, ...)
 {
@@ -50,6 +51,22 @@ int cli_shared_option(struct copy_cli *cli, const char *cmd, int c, const char *
 			return usage_error(cmd, "--timeout takes seconds from 1 to 86400");
 		cli->timeout_s = (unsigned)v;
 		return 0;
+	case OPT_CONNECT_TIMEOUT:
+		if (parse_size(arg, &v) < 0 || v < 1 || v > 86400)
+			return usage_error(cmd, "--connect-timeout takes seconds from 1 to 86400");
+		cli->connect_timeout = (unsigned)v;
+		return 0;
+	case OPT_SSH:
+		if (strcmp(arg, "auto") == 0)
+			cli->ssh_client = SSH_AUTO;
+		else if (strcmp(arg, "builtin") == 0)
+			cli->ssh_client = SSH_BUILTIN;
+		else if (strcmp(arg, "openssh") == 0)
+			cli->ssh_client = SSH_OPENSSH;
+		else
+			return usage_error(cmd, "--ssh takes auto, builtin or openssh, not '%s'", arg);
+		return 0;
+	case 'v': sp_set_verbose(sp_verbose() + 1); return 0;
 	default: return -1;
 	}
 }

@@ -51,6 +51,10 @@ static const char copy_usage[] =
 	"  --accept-new-host-key   trust and record an unknown host key\n"
 	"  --remote-path PATH      sparsync on the remote (default: sparsync)\n"
 	"  -e, --rsh CMD           run CMD (e.g. 'ssh -p 2222') instead of the built-in client\n"
+	"  --ssh auto|builtin|openssh  the built-in client, falling back to OpenSSH's ssh\n"
+	"                          where it cannot go (ProxyJump, keys, algorithms);\n"
+	"                          or one of them only (default auto)\n"
+	"  --connect-timeout SECONDS  to connect and log in (default: ssh config, or 30)\n"
 	"  --compress C            zstd[:LEVEL] | lz4 | none (default zstd:1 over the network)\n"
 	"  --bwlimit RATE          bytes per second, e.g. 8M\n"
 	"  --timeout SECONDS       fail when no data moves for that long (default: wait;\n"
@@ -58,7 +62,9 @@ static const char copy_usage[] =
 	"Output:\n"
 	"  --json                  print a JSON summary on stdout at the end\n"
 	"  -P, --progress          show progress even when stderr is not a terminal\n"
-	"  -q, --quiet             no progress, no summary\n";
+	"  -q, --quiet             no progress, no summary\n"
+	"  -v, --verbose           say what was decided and why (sync or new copy, ssh\n"
+	"                          client, codec, digest file, bitmap)\n";
 
 enum {
 	OPT_CLUSTER = OPT_CLI_NEXT, OPT_BACKING, OPT_WHOLE, OPT_TARGET_ZERO, OPT_INPLACE, OPT_NO_SPACE, OPT_JSON,
@@ -90,7 +96,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 	};
 	int c;
 	uint64_t v;
-	while ((c = getopt_long(argc, argv, "f:O:c:j:p:i:e:UPqh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:O:c:j:p:i:e:UvPqh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 		case 'O': {

@@ -61,6 +61,7 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 		else if ((rc = track_begin(&tr, src, dest_id, in_step)) == 0) {
 			dest_set_track_id(&d, tr.id);
 			st->track = tr.how;
+			track_log(&tr);
 		}
 	}
 	if (rc == 0 && cli->bitmap) {
@@ -78,6 +79,8 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 	if (rc == 0) {
 		st->destination = dest_how(&d);
 		st->digest = d.digest_why;
+		sp_info("%s: written as %s; digest file: %s", d.path, dest_how(&d),
+			d.digest_path ? (d.digest_why ? d.digest_why : "none yet") : "not kept");
 		rc = dest_begin(&d, src->format, src->size, data);
 	}
 	if (rc == 0) {

@@ -189,6 +189,7 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 static struct transport *connect_remote(const struct copy_cli *cli, const struct endpoint *ep,
 					const char *command)
 {
+	bool openssh_could = false;
 	struct remote_opts ro = {
 		.host = ep->host,
 		.user = ep->user,
@@ -197,9 +198,39 @@ static struct transport *connect_remote(const struct copy_cli *cli, const struct
 		.known_hosts = cli->known_hosts,
 		.accept_new_host_key = cli->accept_new_host_key,
 		.rsh = cli->rsh,
+		.connect_timeout = cli->connect_timeout,
+		.openssh_could = &openssh_could,
 	};
-	struct transport *t = cli->rsh ? transport_exec_open(&ro, command)
-				       : transport_ssh_open(&ro, command);
+	struct transport *t = NULL;
+	if (cli->rsh) {
+		sp_info("%s: through '%s' (-e)", ep->host, cli->rsh);
+		t = transport_exec_open(&ro, command);
+	} else if (cli->ssh_client != SSH_OPENSSH) {
+		sp_info("%s: built-in ssh client (libssh2)", ep->host);
+		t = transport_ssh_open(&ro, command);
+	}
+	/* Where the built-in client cannot go (ProxyJump, a key or algorithm
+	 * libssh2 lacks), OpenSSH's client can: the same transfer through it,
+	 * as -e ssh does, with the same known_hosts and connect timeout. */
+	if (!t && !cli->rsh && cli->ssh_client != SSH_BUILTIN &&
+	    (openssh_could || cli->ssh_client == SSH_OPENSSH)) {
+		if (openssh_could)
+			sp_info("%s; using OpenSSH's ssh instead", sp_errmsg());
+		char rsh[2048];
+		int n = snprintf(rsh, sizeof rsh, "ssh -o ConnectTimeout=%u",
+				 cli->connect_timeout ? cli->connect_timeout : 30);
+		if (cli->known_hosts && !strchr(cli->known_hosts, '\''))
+			n += snprintf(rsh + n, sizeof rsh - (size_t)n, " -o 'UserKnownHostsFile=%s'",
+				      cli->known_hosts);
+		if (cli->accept_new_host_key && (size_t)n < sizeof rsh)
+			n += snprintf(rsh + n, sizeof rsh - (size_t)n, " -o StrictHostKeyChecking=accept-new");
+		if ((size_t)n >= sizeof rsh) {
+			sp_err("%s: ssh options too long", ep->host);
+			return NULL;
+		}
+		ro.rsh = rsh;
+		t = transport_exec_open(&ro, command);
+	}
 	if (t) {
 		t->bwlimit = cli->bwlimit;
 		transport_set_timeout(t, cli->timeout_s);

@@ -58,7 +58,7 @@ static int parse(int argc, char **argv, struct verify_args *a)
 	};
 	struct copy_cli *cli = &a->cli;
 	int c;
-	while ((c = getopt_long(argc, argv, "f:F:j:p:i:e:Uqh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:F:j:p:i:e:Uvqh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 		case 'F': {

@@ -37,12 +37,15 @@ struct copy_cli {
 	const char *wire_compress;  /* --compress zstd[:LEVEL]|lz4|none; NULL = default */
 	uint64_t bwlimit;           /* bytes per second, 0 = none */
 	unsigned timeout_s;         /* --timeout, 0 = none */
+	unsigned connect_timeout;   /* --connect-timeout, 0 = ssh config or 30 s */
+	enum { SSH_AUTO, SSH_BUILTIN, SSH_OPENSSH } ssh_client; /* --ssh */
 };
 
 /* getopt_long codes of the options copy and verify share; each command
  * numbers its own from OPT_CLI_NEXT. */
 enum {
-	OPT_KNOWN_HOSTS = 256, OPT_ACCEPT_NEW, OPT_REMOTE_PATH, OPT_TIMEOUT, OPT_CLI_NEXT,
+	OPT_KNOWN_HOSTS = 256, OPT_ACCEPT_NEW, OPT_REMOTE_PATH, OPT_TIMEOUT, OPT_SSH,
+	OPT_CONNECT_TIMEOUT, OPT_CLI_NEXT,
 };
 #define CLI_REMOTE_LONGOPTS \
 	{ "known-hosts", required_argument, NULL, OPT_KNOWN_HOSTS }, \
@@ -50,7 +53,10 @@ enum {
 	{ "remote-path", required_argument, NULL, OPT_REMOTE_PATH }, \
 	{ "timeout", required_argument, NULL, OPT_TIMEOUT }, \
 	{ "rsh", required_argument, NULL, 'e' }, \
-	{ "force-share", no_argument, NULL, 'U' }
+	{ "force-share", no_argument, NULL, 'U' }, \
+	{ "ssh", required_argument, NULL, OPT_SSH }, \
+	{ "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT }, \
+	{ "verbose", no_argument, NULL, 'v' }
 
 /* The shared options -j -p -i -e --known-hosts --accept-new-host-key
  * --remote-path --timeout (cli_util.c): stores option c with argument arg in cli and

@@ -65,3 +65,27 @@ void sp_warn(const char *fmt, ...)
 	va_end(ap);
 	fprintf(stderr, "sparsync: %s\n", line);
 }
+
+static int verbose_level;
+
+void sp_set_verbose(int level)
+{
+	verbose_level = level;
+}
+
+int sp_verbose(void)
+{
+	return verbose_level;
+}
+
+void sp_info(const char *fmt, ...)
+{
+	if (!verbose_level)
+		return;
+	char line[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "sparsync: %s\n", line);
+}

@@ -22,5 +22,11 @@ void sp_err_clear(void);
 
 /* Print "sparsync: MSG" on stderr (one line). */
 void sp_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* -v: what was decided and why ("sparsync: MSG" on stderr), only when
+ * verbose. The level is the process's, like a log level (set once by the
+ * command line). */
+void sp_set_verbose(int level);
+int sp_verbose(void);
+void sp_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif

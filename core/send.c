@@ -315,9 +315,13 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 		return sp_err("%s: the remote sparsync cannot decompress %s; use --compress none",
 			      t->name, codec_name(o->codec.codec));
 	s->cover = s->s.caps & CAP_DIGEST;
-	if (s->s.caps & CAP_SYNC)
-		return read_hash_list(s);
-	return 0;
+	int rc = s->s.caps & CAP_SYNC ? read_hash_list(s) : 0;
+	if (rc == 0)
+		sp_info("%s: %s; codec %s", t->name,
+			s->syncing ? "sync: only units that differ from the receiver's hash list are sent"
+			: o->stream ? "stream" : "new copy: the receiver holds nothing yet",
+			codec_name(o->codec.codec));
+	return rc;
 }
 
 int sender_begin(struct sender *s, struct image *src)
@@ -376,6 +380,7 @@ int sender_track(struct sender *s, struct image *src, struct track *t, struct co
 	if (track_begin(t, src, dest_id, s->table.track.flags & TRACK_IN_STEP) < 0)
 		return -1;
 	s->base.stats->track = t->how;
+	track_log(t);
 	if (t->use) {
 		co->changed = &t->map;
 		co->changed_round = s->table.unit;

@@ -57,6 +57,15 @@ int track_begin(struct track *t, struct image *src, const uint8_t *dest_id, bool
 	return 0;
 }
 
+void track_log(const struct track *t)
+{
+	if (t->use)
+		sp_info("--track: reading only what bitmap %s marks; next: bitmap %s", t->old_name,
+			t->name);
+	else
+		sp_info("--track: comparing everything (%s); next: bitmap %s", t->how, t->name);
+}
+
 void track_finish(struct track *t, struct image *src)
 {
 	if (image_bitmap_rotate(src, t->has_old ? t->old_name : NULL, t->name) < 0)

@@ -43,6 +43,8 @@ struct track {
  * digest is valid (else the bitmap is started afresh after a full
  * comparison, not left behind). */
 int track_begin(struct track *t, struct image *src, const uint8_t *dest_id, bool in_step);
+/* -v: what track_begin decided. */
+void track_log(const struct track *t);
 /* After the destination is complete: the new bitmap replaces the old.
  * Should that fail, a warning: the copy stands, and the next run compares
  * everything once. */

@@ -50,8 +50,6 @@
 #include <unistd.h>
 #include <linux/sockios.h>
 
-#define CONNECT_TIMEOUT_MS 15000
-#define SETUP_TIMEOUT_MS 30000    /* libssh2 blocking calls during setup */
 #define CHANNEL_WINDOW (64u << 20) /* what the server may send before we read */
 #define CHANNEL_PACKET 32768u
 #define KEEPALIVE_S 15
@@ -720,7 +718,7 @@ static int tcp_connect(const struct ssh_target *tg)
 		if (errno == EINPROGRESS) {
 			struct pollfd p = { .fd = fd, .events = POLLOUT };
 			int r;
-			while ((r = poll(&p, 1, CONNECT_TIMEOUT_MS)) < 0 && errno == EINTR)
+			while ((r = poll(&p, 1, (int)tg->connect_timeout * 1000)) < 0 && errno == EINTR)
 				;
 			socklen_t sl = sizeof err;
 			if (r == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &sl) == 0 && err == 0)
@@ -746,8 +744,13 @@ static int tcp_connect(const struct ssh_target *tg)
 struct transport *transport_ssh_open(const struct remote_opts *o, const char *command)
 {
 	struct ssh_target tg;
-	if (ssh_target_resolve(o, &tg) < 0)
+	bool needs_openssh = false;
+	int src = ssh_target_resolve(o, &tg);
+	if (src < 0) {
+		if (o->openssh_could)
+			*o->openssh_could = src == SSH_NEEDS_OPENSSH;
 		return NULL;
+	}
 	struct ssh_transport *t = calloc(1, sizeof *t);
 	if (!t || !(t->base.name = strdup(tg.alias))) {
 		free(t);
@@ -778,7 +781,7 @@ struct transport *transport_ssh_open(const struct remote_opts *o, const char *co
 	libssh2_session_callback_set(t->s, LIBSSH2_CALLBACK_RECV, (void *)cb_recv);
 	libssh2_session_callback_set(t->s, LIBSSH2_CALLBACK_SEND, (void *)cb_send);
 	libssh2_session_set_blocking(t->s, 1);
-	libssh2_session_set_timeout(t->s, SETUP_TIMEOUT_MS);
+	libssh2_session_set_timeout(t->s, (long)tg.connect_timeout * 1000);
 	if (ssh_hostkey_prefer(t->s, &tg, known_types, sizeof known_types) < 0)
 		goto fail;
 	/* Fastest first (AES-NI); the rest stay as fallbacks. */
@@ -794,12 +797,17 @@ struct transport *transport_ssh_open(const struct remote_opts *o, const char *co
 		else
 			sp_err("%s: SSH handshake failed: %s%s", tg.alias, ssh_last_error(t->s),
 			       rc == LIBSSH2_ERROR_KEX_FAILURE ? " (no algorithm in common with libssh2 1.10; try -e ssh)" : "");
+		needs_openssh = rc == LIBSSH2_ERROR_KEX_FAILURE || rc == LIBSSH2_ERROR_METHOD_NOT_SUPPORTED;
 		goto fail;
 	}
-	if (ssh_hostkey_verify(t->s, &tg, o->accept_new_host_key) < 0)
+	if ((rc = ssh_hostkey_verify(t->s, &tg, o->accept_new_host_key)) < 0) {
+		needs_openssh = rc == SSH_NEEDS_OPENSSH;
 		goto fail;
-	if (ssh_authenticate(t->s, &tg) < 0)
+	}
+	if ((rc = ssh_authenticate(t->s, &tg)) < 0) {
+		needs_openssh = rc == SSH_NEEDS_OPENSSH;
 		goto fail;
+	}
 
 	t->ch = libssh2_channel_open_ex(t->s, "session", sizeof "session" - 1, CHANNEL_WINDOW, CHANNEL_PACKET,
 					NULL, 0);
@@ -818,6 +826,8 @@ struct transport *transport_ssh_open(const struct remote_opts *o, const char *co
 	return &t->base;
 
 fail:
+	if (o->openssh_could)
+		*o->openssh_could = needs_openssh;
 	ssh_target_free(&tg);
 	teardown(t, false);
 	return NULL;

@@ -214,7 +214,7 @@ int ssh_authenticate(LIBSSH2_SESSION *s, const struct ssh_target *tg)
 	}
 	if (!strstr(methods, "publickey"))
 		return sp_err("%s: the server does not accept public keys for %s (it offers: %s); use -e ssh",
-			      tg->alias, user, methods);
+			      tg->alias, user, methods) - 1;
 
 	struct tally t = { .left = MAX_TRIES };
 	if (tg->identity_explicit && access(tg->identities[0], F_OK) != 0)
@@ -237,13 +237,13 @@ int ssh_authenticate(LIBSSH2_SESSION *s, const struct ssh_target *tg)
 		return sp_err("%s: no key to log in as %s: ssh-agent has none and none of %s%s exists; "
 			      "use -i FILE or -e ssh",
 			      tg->alias, user, tg->n_identities ? tg->identities[0] : "~/.ssh/id_ed25519",
-			      tg->n_identities > 1 ? " ..." : "");
+			      tg->n_identities > 1 ? " ..." : "") - 1;
 	}
 	if (t.rsa_refused)
 		return sp_err("%s: permission denied for %s (tried: %s); RSA user keys are rejected by "
 			      "OpenSSH >= 8.8 servers when signed by libssh2 1.10 (SHA-1): use an ed25519 "
 			      "or ECDSA key, or -e ssh",
-			      tg->alias, user, t.tried);
+			      tg->alias, user, t.tried) - 1;
 	if (t.agent_unoffered > 0)
 		return sp_err("%s: permission denied for %s: the server accepted none of the keys (tried: %s; "
 			      "ssh-agent holds %d more, not offered so as to stay under the server's "

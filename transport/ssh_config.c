@@ -181,6 +181,7 @@ struct ssh_G {
 	char *hostname, *user, *known_hosts;
 	char *proxy;  /* "ProxyJump x" / "ProxyCommand y": we cannot follow */
 	int port;
+	unsigned connect_timeout; /* ConnectTimeout; 0: none */
 	char **ids;
 	size_t n_ids;
 	bool ids_configured;
@@ -208,6 +209,10 @@ static void parse_ssh_G(char *out, struct ssh_G *g)
 			long p = strtol(v, NULL, 10);
 			if (p > 0 && p < 65536)
 				g->port = (int)p;
+		} else if (strcmp(line, "connecttimeout") == 0) {
+			long s = strtol(v, NULL, 10); /* "none" reads as 0 */
+			if (s > 0 && s < 86400)
+				g->connect_timeout = (unsigned)s;
 		} else if (strcmp(line, "userknownhostsfile") == 0 && !g->known_hosts) {
 			char *end = strchr(v, ' ');
 			if (end)
@@ -274,11 +279,13 @@ int ssh_target_resolve(const struct remote_opts *o, struct ssh_target *tg)
 		sp_err("%s: your ssh configuration reaches this host through %s, which the built-in "
 		       "client cannot do; use -e ssh", o->host, g.proxy);
 		free_ssh_G(&g);
-		return -1;
+		return SSH_NEEDS_OPENSSH;
 	}
 	tg->alias = strdup(o->host);
 	tg->host = strdup(g.hostname ? g.hostname : o->host);
 	tg->port = o->port ? o->port : g.port ? g.port : 22;
+	tg->connect_timeout = o->connect_timeout ? o->connect_timeout
+			      : g.connect_timeout ? g.connect_timeout : 30;
 	if (o->user) {
 		tg->user = strdup(o->user);
 	} else if (g.user) {

@@ -23,7 +23,12 @@ struct ssh_target {
 	char **identities;      /* private key files to try, in order */
 	size_t n_identities;
 	bool identity_explicit; /* -i given: a missing file is an error */
+	unsigned connect_timeout; /* seconds: the command line, ConnectTimeout, or 30 */
 };
+
+/* Functions below return SSH_NEEDS_OPENSSH (message set) when they fail
+ * for want of something only OpenSSH's client has. */
+#define SSH_NEEDS_OPENSSH (-2)
 
 int ssh_target_resolve(const struct remote_opts *o, struct ssh_target *tg);
 void ssh_target_free(struct ssh_target *tg);

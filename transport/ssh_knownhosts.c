@@ -231,7 +231,7 @@ int ssh_hostkey_verify(LIBSSH2_SESSION *s, const struct ssh_target *tg, bool acc
 		if (keytypes[i].hostkey == hktype)
 			kt = &keytypes[i];
 	if (!kt)
-		return sp_err("%s: the server's host key type (%d) is not supported; use -e ssh", tg->alias, hktype);
+		return sp_err("%s: the server's host key type (%d) is not supported; use -e ssh", tg->alias, hktype) - 1;
 
 	char fp[64] = "(unknown)";
 	const unsigned char *h = (const unsigned char *)libssh2_hostkey_hash(s, LIBSSH2_HOSTKEY_HASH_SHA256);

@@ -49,6 +49,13 @@ struct remote_opts {
 	const char *known_hosts;  /* NULL = ~/.ssh/known_hosts */
 	int accept_new_host_key;
 	const char *rsh;          /* -e command, NULL = built-in libssh2 client */
+	/* Seconds to connect and log in (0: ConnectTimeout from the ssh
+	 * configuration, else 30). */
+	unsigned connect_timeout;
+	/* Set by the built-in client when it failed for want of something
+	 * OpenSSH's client has (ProxyJump, an algorithm, a key it cannot
+	 * use): the caller may run `ssh` instead. May be NULL. */
+	bool *openssh_could;
 };
 
 /* Run `command` on the remote host; its stdin/stdout become the stream and

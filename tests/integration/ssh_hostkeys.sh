@@ -109,9 +109,10 @@ check_fails "revoked host key refused" push "$T/kh_revoked" "$R/h.raw"
 check_said "revoked: message says so" "revoked"
 
 # --- user authentication failures are clean one-line errors
-pushk() { # KEY DEST
-	"$SPARSYNC" copy -q -p "$SSHD_PORT" -i "$1" --known-hosts "$SSH_KNOWN_HOSTS" --remote-path "$SPARSYNC" \
-		"$img" "127.0.0.1:$2"
+pushk() { # KEY DEST [OPTION...]
+	local key=$1 dest=$2; shift 2
+	"$SPARSYNC" copy -q "$@" -p "$SSHD_PORT" -i "$key" --known-hosts "$SSH_KNOWN_HOSTS" \
+		--remote-path "$SPARSYNC" "$img" "127.0.0.1:$dest"
 }
 check_fails "wrong user key refused" pushk "$SSH_OTHER_KEY" "$R/i.raw"
 out=$(last_output)
@@ -120,7 +121,9 @@ if grep -q "permission denied" <<<"$out" && grep -q "id_other" <<<"$out" && [ "$
 else
 	fail "wrong key message"; sed 's/^/    | /' <<<"$out"
 fi
-check_fails "RSA user key refused" pushk "$SSH_RSA_KEY" "$R/j.raw"
+# The built-in client's own refusal (by default OpenSSH takes over:
+# tests/integration/ssh_fallback.sh).
+check_fails "RSA user key refused" pushk "$SSH_RSA_KEY" "$R/j.raw" --ssh=builtin
 check_said "RSA refusal explains itself" "RSA user keys"
 check_fails "missing identity file" pushk "$T/no_such_key" "$R/k.raw"
 check_said "missing identity named" "no_such_key"
@@ -162,7 +165,7 @@ check_fails "ssh config: the command line wins (-p)" \
 	"$img" "myalias:$R/cfg.raw"
 check_said "ssh config: -p overrides Port" "port $port_closed"
 check_fails "ssh config: ProxyJump is refused, not bypassed" \
-	env PATH="$T/fakebin:$PATH" "$SPARSYNC" copy -q --remote-path "$SPARSYNC" "$img" "viajump:$R/cfg.raw"
+	env PATH="$T/fakebin:$PATH" "$SPARSYNC" copy -q --ssh=builtin --remote-path "$SPARSYNC" "$img" "viajump:$R/cfg.raw"
 check_said "ssh config: ProxyJump refusal points to -e ssh" "ProxyJump jumphost.*-e ssh"
 # An ssh that hangs is given up on; the defaults and the command line rule.
 printf '#!/bin/sh\nexec sleep 60\n' >"$T/fakebin/ssh"
