@@ -61,6 +61,7 @@ static const char copy_usage[] =
 	"                          also for a stream on stdin/stdout)\n"
 	"Output:\n"
 	"  --json                  print a JSON summary on stdout at the end\n"
+	"  --stats                 print a labelled summary at the end, like rsync --stats\n"
 	"  -P, --progress          show progress even when stderr is not a terminal\n"
 	"  -q, --quiet             no progress, no summary\n"
 	"  -v, --verbose           say what was decided and why (sync or new copy, ssh\n"
@@ -68,7 +69,7 @@ static const char copy_usage[] =
 
 enum {
 	OPT_CLUSTER = OPT_CLI_NEXT, OPT_BACKING, OPT_WHOLE, OPT_TARGET_ZERO, OPT_INPLACE, OPT_NO_SPACE, OPT_JSON,
-	OPT_DIGEST_FILE, OPT_NO_DIGEST, OPT_BITMAP, OPT_TRACK,
+	OPT_DIGEST_FILE, OPT_NO_DIGEST, OPT_BITMAP, OPT_TRACK, OPT_STATS,
 	OPT_COMPRESS, OPT_BWLIMIT,
 };
 
@@ -85,6 +86,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		{ "no-digest", no_argument, NULL, OPT_NO_DIGEST },
 		{ "bitmap", required_argument, NULL, OPT_BITMAP },
 		{ "track", no_argument, NULL, OPT_TRACK },
+		{ "stats", no_argument, NULL, OPT_STATS },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "progress", no_argument, NULL, 'P' },
 		{ "quiet", no_argument, NULL, 'q' },
@@ -128,6 +130,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		case OPT_NO_DIGEST: cli->no_digest = true; break;
 		case OPT_BITMAP: cli->bitmap = optarg; break;
 		case OPT_TRACK: cli->track = true; break;
+		case OPT_STATS: cli->stats = true; break;
 		case OPT_JSON: cli->json = true; break;
 		case 'P': cli->progress = PROGRESS_FORCE; break;
 		case 'q': cli->quiet = true; cli->progress = PROGRESS_OFF; break;
@@ -202,6 +205,8 @@ int cmd_copy(int argc, char **argv)
 	if (rc == 0) {
 		if (cli.json)
 			stats_print_json(out, "copy", &st);
+		else if (cli.stats)
+			stats_print_table(out, &st);
 		else if (!cli.quiet && isatty(fileno(out)))
 			stats_print_human(out, "copy", &st);
 	}

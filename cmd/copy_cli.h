@@ -16,6 +16,7 @@ struct copy_cli {
 	enum image_format out_fmt;  /* -O */
 	struct image_create_opts create; /* --cluster-size, -c, --backing */
 	bool json, whole;
+	bool stats;                 /* --stats: a labelled summary, like rsync's */
 	bool target_is_zero;        /* --target-is-zero: a device DST reads as zeros */
 	bool inplace;               /* --inplace: update DST without the undo journal */
 	bool no_space_check;        /* --no-space-check */

@@ -63,3 +63,35 @@ void stats_print_human(FILE *f, const char *op, const struct sp_stats *s)
 	}
 	fprintf(f, " in %.2f s\n", s->seconds);
 }
+
+static void row(FILE *f, const char *label, uint64_t n)
+{
+	char b[32];
+	fprintf(f, "%-28s %s (%llu bytes)\n", label, human_bytes(n, b, sizeof b), (unsigned long long)n);
+}
+
+void stats_print_table(FILE *f, const struct sp_stats *s)
+{
+	row(f, "Virtual size:", s->bytes_virtual);
+	row(f, "Data at the source:", s->bytes_data);
+	row(f, "Zeros and holes (skipped):", s->bytes_zero);
+	row(f, "Read from the source:", s->bytes_read);
+	row(f, "Read from the destination:", s->dest_bytes_read);
+	row(f, "Already identical:", s->bytes_unchanged);
+	fprintf(f, "%-28s %llu\n", "Changed units:", (unsigned long long)s->blocks_changed);
+	row(f, "Written:", s->bytes_written);
+	row(f, "Zeroed at the destination:", s->bytes_zeroed);
+	row(f, "Sent:", s->bytes_sent);
+	row(f, "Received:", s->bytes_received);
+	if (s->destination)
+		fprintf(f, "%-28s %s\n", "Destination written as:", s->destination);
+	if (s->digest)
+		fprintf(f, "%-28s %s\n", "Digest file:", s->digest);
+	if (s->track)
+		fprintf(f, "%-28s %s\n", "Tracking:", s->track);
+	char r[32];
+	fprintf(f, "%-28s %.3f s (%s/s of data)\n", "Time:", s->seconds,
+		human_bytes(s->seconds > 0 ? (uint64_t)((double)s->bytes_data / s->seconds) : 0, r,
+			    sizeof r));
+	fflush(f);
+}

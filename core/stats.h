@@ -41,6 +41,8 @@ struct sp_stats {
 double now_seconds(void);
 void stats_print_json(FILE *f, const char *op, const struct sp_stats *s);
 void stats_print_human(FILE *f, const char *op, const struct sp_stats *s);
+/* --stats: one labelled line per figure, like rsync --stats. */
+void stats_print_table(FILE *f, const struct sp_stats *s);
 /* "1.5 GiB" style, into buf. */
 const char *human_bytes(uint64_t n, char *buf, size_t len);
 
