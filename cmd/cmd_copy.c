@@ -62,6 +62,8 @@ static const char copy_usage[] =
 	"Output:\n"
 	"  --json                  print a JSON summary on stdout at the end\n"
 	"  --stats                 print a labelled summary at the end, like rsync --stats\n"
+	"  -n, --dry-run           connect, open and compare as a real run would, and say\n"
+	"                          what it would send and write; write nothing anywhere\n"
 	"  -P, --progress          show progress even when stderr is not a terminal\n"
 	"  -q, --quiet             no progress, no summary\n"
 	"  -v, --verbose           say what was decided and why (sync or new copy, ssh\n"
@@ -87,6 +89,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		{ "bitmap", required_argument, NULL, OPT_BITMAP },
 		{ "track", no_argument, NULL, OPT_TRACK },
 		{ "stats", no_argument, NULL, OPT_STATS },
+		{ "dry-run", no_argument, NULL, 'n' },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "progress", no_argument, NULL, 'P' },
 		{ "quiet", no_argument, NULL, 'q' },
@@ -98,7 +101,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 	};
 	int c;
 	uint64_t v;
-	while ((c = getopt_long(argc, argv, "f:O:c:j:p:i:e:UvPqh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:O:c:j:p:i:e:UvnPqh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 		case 'O': {
@@ -131,6 +134,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		case OPT_BITMAP: cli->bitmap = optarg; break;
 		case OPT_TRACK: cli->track = true; break;
 		case OPT_STATS: cli->stats = true; break;
+		case 'n': cli->dry_run = true; break;
 		case OPT_JSON: cli->json = true; break;
 		case 'P': cli->progress = PROGRESS_FORCE; break;
 		case 'q': cli->quiet = true; cli->progress = PROGRESS_OFF; break;
@@ -179,6 +183,12 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 	if (cli->track && cli->force_share)
 		return usage_error("copy", "--track writes its bitmap into SRC, which -U (read what "
 				   "another program writes) never allows");
+	if (cli->dry_run && (cli->src.kind == EP_STREAM || cli->dst.kind == EP_STREAM))
+		return usage_error("copy", "--dry-run compares with a destination: a stream has none");
+	if (cli->dry_run && cli->src.kind == EP_REMOTE)
+		return usage_error("copy", "--dry-run works for local copies and pushes, not pulls yet");
+	if (cli->dry_run && cli->create.backing)
+		return usage_error("copy", "--dry-run does not handle --backing yet");
 	if (cli->bitmap && cli->whole)
 		return usage_error("copy", "--bitmap copies only what changed: --whole rewrites "
 				   "everything");
@@ -198,6 +208,7 @@ int cmd_copy(int argc, char **argv)
 	}
 	struct sp_stats st;
 	memset(&st, 0, sizeof st);
+	st.dry_run = cli.dry_run;
 	bool local = cli.src.kind == EP_LOCAL && cli.dst.kind == EP_LOCAL;
 	rc = local ? copy_local(&cli, &st) : copy_remote(&cli, &st);
 	/* When stdout carries the stream, the summary must not corrupt it. */

@@ -14,13 +14,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static void engine_opts(const struct copy_cli *cli, const struct image *dst, struct copy_opts *o)
+static void engine_opts(const struct copy_cli *cli, uint32_t granularity, struct copy_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->block_size = BLOCK_SIZE_DEFAULT;
-	if (dst->granularity > o->block_size)
-		o->block_size = dst->granularity;
-	o->zero_grain = dst->granularity > 4096 ? dst->granularity : 4096;
+	if (granularity > o->block_size)
+		o->block_size = granularity;
+	o->zero_grain = granularity > 4096 ? granularity : 4096;
 	o->workers = cli->workers;
 	o->progress = cli->progress;
 	o->read_ahead = cli->create.compress != CODEC_NONE;
@@ -47,6 +47,7 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 		.space_check = !cli->no_space_check,
 		.digest = !cli->no_digest, .digest_file = cli->digest_file,
 		.src_name = src_name,
+		.dry_run = cli->dry_run,
 	};
 	struct dest d;
 	int rc = dest_open(&d, dpath, &dop);
@@ -85,7 +86,7 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 	}
 	if (rc == 0) {
 		struct copy_opts o;
-		engine_opts(cli, d.img, &o);
+		engine_opts(cli, dest_granularity(&d, src->format), &o);
 		const struct change_map *only = cli->bitmap ? &changed : tr.use ? &tr.map : NULL;
 		if (only) {
 			o.changed = only;
@@ -99,7 +100,7 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 			dest_abort(&d);
 		/* DST is complete: start the bitmap afresh. Should that fail,
 		 * the next run compares everything once; the copy stands. */
-		if (rc == 0 && cli->track)
+		if (rc == 0 && cli->track && !cli->dry_run)
 			track_finish(&tr, src);
 	}
 	change_map_free(&changed);

@@ -152,6 +152,8 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 			cl_opt(&c, "--no-space-check", NULL);
 		if (cli->no_digest)
 			cl_opt(&c, "--no-digest", NULL);
+		if (cli->dry_run)
+			cl_opt(&c, "--dry-run", NULL);
 		if (cli->digest_file)
 			cl_opt(&c, "--digest-file", cli->digest_file);
 		if (cli->create.backing)
@@ -299,6 +301,7 @@ static void sender_setup(const struct copy_cli *cli, const struct image *src, bo
 	so->stream = stream;
 	so->read_peer_error = !stream;
 	so->sync = !stream;
+	so->dry_run = cli->dry_run;
 	co->block_size = so->block_size;
 	co->workers = cli->workers;
 	co->progress = cli->progress;
@@ -326,11 +329,12 @@ static int send_image(const struct copy_cli *cli, struct image *src, struct tran
 		rc = copy_run(src, sender_sink(&snd), &co, st);
 	if (rc < 0)
 		sender_abort(&snd);
-	else if (cli->track)
+	else if (cli->track && !cli->dry_run)
 		track_finish(&tr, src); /* the receiver has acknowledged: DST is complete */
 	change_map_free(&changed);
 	track_free(&tr);
-	st->bytes_sent = t->bytes_out;
+	/* A dry run: what a real one would have sent. */
+	st->bytes_sent = t->bytes_out + snd.dry_wire;
 	if (rc == 0)
 		st->bytes_received = snd.rd.bytes;
 	sender_free(&snd);

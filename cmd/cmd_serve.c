@@ -25,7 +25,7 @@ static const char serve_usage[] =
 	"usage: sparsync serve --receive PATH [-O raw|qcow2] [--cluster-size SIZE] [-c zstd|zlib]\n"
 	"                      [--sync] [--backing FILE] [--whole] [--target-is-zero]\n"
 	"                      [--inplace] [--no-space-check] [--no-digest]\n"
-	"                      [--digest-file PATH] [--source-name NAME]\n"
+	"                      [--digest-file PATH] [--source-name NAME] [--dry-run]\n"
 	"       sparsync serve --send PATH [-f raw|qcow2] [-U] [--bitmap NAME | --track]\n"
 	"                      [--compress C]\n"
 	"                      [--bwlimit RATE]\n"
@@ -39,6 +39,7 @@ enum {
 	OPT_RECEIVE = 256, OPT_SEND, OPT_HASHES, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT,
 	OPT_BACKING, OPT_WHOLE, OPT_HASH_UNIT, OPT_SYNC, OPT_TIMEOUT, OPT_TARGET_ZERO, OPT_INPLACE,
 	OPT_NO_SPACE, OPT_NO_DIGEST, OPT_DIGEST_FILE, OPT_BITMAP, OPT_TRACK, OPT_SOURCE_NAME,
+	OPT_DRY_RUN,
 };
 
 struct serve_args {
@@ -47,7 +48,8 @@ struct serve_args {
 	struct image_create_opts create;
 	struct codec_choice codec;
 	uint64_t bwlimit;
-	bool whole, sync, target_is_zero, inplace, no_space_check, no_digest, force_share, track;
+	bool whole, sync, target_is_zero, inplace, no_space_check, no_digest, force_share, track,
+		dry_run;
 	const char *digest_file, *bitmap, *source_name;
 	uint32_t hash_unit;
 	unsigned workers;
@@ -73,6 +75,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		{ "bitmap", required_argument, NULL, OPT_BITMAP },
 		{ "track", no_argument, NULL, OPT_TRACK },
 		{ "source-name", required_argument, NULL, OPT_SOURCE_NAME },
+		{ "dry-run", no_argument, NULL, OPT_DRY_RUN },
 		{ "sync", no_argument, NULL, OPT_SYNC },
 		{ "hash-unit", required_argument, NULL, OPT_HASH_UNIT },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
@@ -100,6 +103,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
 		case OPT_BITMAP: a->bitmap = optarg; break;
 		case OPT_TRACK: a->track = true; break;
 		case OPT_SOURCE_NAME: a->source_name = optarg; break;
+		case OPT_DRY_RUN: a->dry_run = true; break;
 		case OPT_SYNC: a->sync = true; break;
 		case OPT_HASH_UNIT:
 			if (parse_size(optarg, &v) < 0 || v < SYNC_UNIT_MIN || v > SYNC_UNIT_MAX ||
@@ -224,7 +228,7 @@ int cmd_serve(int argc, char **argv)
 			.whole = a.whole, .target_is_zero = a.target_is_zero, .inplace = a.inplace,
 			.no_space_check = a.no_space_check, .sync = a.sync,
 			.no_digest = a.no_digest, .digest_file = a.digest_file,
-			.src_name = a.source_name,
+			.src_name = a.source_name, .dry_run = a.dry_run,
 			.workers = a.workers,
 			.progress = PROGRESS_OFF,
 		};

@@ -17,6 +17,7 @@ struct copy_cli {
 	struct image_create_opts create; /* --cluster-size, -c, --backing */
 	bool json, whole;
 	bool stats;                 /* --stats: a labelled summary, like rsync's */
+	bool dry_run;               /* -n: compare, count, write nothing */
 	bool target_is_zero;        /* --target-is-zero: a device DST reads as zeros */
 	bool inplace;               /* --inplace: update DST without the undo journal */
 	bool no_space_check;        /* --no-space-check */

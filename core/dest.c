@@ -203,8 +203,12 @@ static int open_kind(struct dest *d, const char *path, const struct dest_opts *o
 		return -1;
 	if (S_ISBLK(sb.st_mode))
 		return open_device(d);
-	replace_sweep(d->real_path);
-	if (S_ISREG(sb.st_mode)) {
+	if (o->dry_run && S_ISREG(sb.st_mode) && undo_pending(d->real_path))
+		return sp_err("%s: an update of it was interrupted; 'sparsync recover %s' puts the "
+			      "previous image back (a dry run changes nothing)", d->path, d->path);
+	if (!o->dry_run)
+		replace_sweep(d->real_path);
+	if (S_ISREG(sb.st_mode) && !o->dry_run) {
 		/* An interrupted update left a journal: put yesterday's image back
 		 * before anything else looks at it. */
 		bool recovered;
@@ -215,6 +219,8 @@ static int open_kind(struct dest *d, const char *path, const struct dest_opts *o
 				d->path);
 		d->existing = image_detect_path(d->real_path);
 	}
+	if (S_ISREG(sb.st_mode) && o->dry_run)
+		d->existing = image_detect_path(d->real_path);
 	if (S_ISREG(sb.st_mode) && guard(d) < 0)
 		return -1;
 	/* Never raw bytes into a .vmdk, nor over a vmdk container, unless -O
@@ -247,7 +253,7 @@ static int open_kind(struct dest *d, const char *path, const struct dest_opts *o
 	image_set_name(img, d->path);
 	d->img = img;
 	d->mode = DEST_UPDATE;
-	if (!o->inplace) {
+	if (!o->inplace && !o->dry_run) {
 		if (!(d->undo = undo_begin(d->real_path, d->path)))
 			return -1;
 		img->undo = d->undo;
@@ -404,6 +410,15 @@ int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size, uint64_
 {
 	if (check_space(d, data) < 0)
 		return -1;
+	if (d->o.dry_run) {
+		/* Nothing is created, resized or truncated; the sink counts. */
+		d->src_size = size;
+		if (d->mode == DEST_DEVICE && d->img->size < size)
+			return human_size_err(d, d->img->size, size);
+		if (d->mode == DEST_OVERLAY)
+			return sp_err("%s: --dry-run does not handle --backing yet", d->path);
+		return 0;
+	}
 	switch (d->mode) {
 	case DEST_DEVICE:
 		/* Never truncated: a larger device keeps its tail as it is. */
@@ -443,6 +458,7 @@ static struct sink *plain_sink(struct dest *d, struct sp_stats *st, bool compare
 		 * nothing to compare, zero ranges need no work. */
 		bool fresh = d->mode == DEST_NEW || (d->mode == DEST_DEVICE && d->o.target_is_zero);
 		image_sink_init(&d->sink.image, d->img, st, fresh, !fresh && compare);
+		d->sink.image.dry = d->o.dry_run;
 		return &d->sink.image.base;
 	}
 	}
@@ -451,7 +467,7 @@ static struct sink *plain_sink(struct dest *d, struct sp_stats *st, bool compare
 /* The digest sink in front of inner, when a digest is kept. */
 static struct sink *with_digest(struct dest *d, struct sink *inner, struct sp_stats *st)
 {
-	if (!d->digest_path || !d->map_ready)
+	if (!d->digest_path || !d->map_ready || d->o.dry_run)
 		return inner;
 	digest_sink_init(&d->dsink, inner, d->img, &d->map, d->src_size, st, d->map_knows_dest);
 	d->dsink_on = true;
@@ -481,6 +497,16 @@ const uint8_t *dest_track_id(const struct dest *d, bool *in_step)
 void dest_set_track_id(struct dest *d, const uint8_t id[DIGEST_TRACK_ID_SIZE])
 {
 	memcpy(d->track_next, id, DIGEST_TRACK_ID_SIZE);
+}
+
+uint32_t dest_granularity(const struct dest *d, enum image_format src_fmt)
+{
+	if (d->img)
+		return d->img->granularity;
+	enum image_format f = image_output_format(d->o.out_fmt, d->path, d->existing, src_fmt);
+	if (f != FMT_QCOW2)
+		return 4096;
+	return d->o.create && d->o.create->cluster_size ? d->o.create->cluster_size : 65536;
 }
 
 uint32_t dest_unit(const struct dest *d)
@@ -529,6 +555,11 @@ int dest_commit(struct dest *d)
 {
 	struct image *img = d->img;
 	d->img = NULL;
+	if (d->o.dry_run) {
+		if (img && d->st)
+			stats_add(d->st->dest_bytes_read, img->bytes_read);
+		return img ? image_close(img) : 0;
+	}
 	d->digest_info.format = img->format;
 	d->bytes_read = img->bytes_read;
 	if (d->st)

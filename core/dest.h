@@ -65,6 +65,10 @@ struct dest_opts {
 	 * ends in '/', means DST/src_name (rsync's and scp's habit). NULL: a
 	 * directory is refused (a stream has no name). */
 	const char *src_name;
+	/* --dry-run: decide and compare as a real run would, write nothing
+	 * (no temporary, no journal, no digest, no recovery of an interrupted
+	 * update); the sink counts what it would write. */
+	bool dry_run;
 };
 
 /* dest_begin's data argument when the source's data size is not known. */
@@ -142,6 +146,9 @@ const uint8_t *dest_track_id(const struct dest *d, bool *in_step);
 /* Record this id in the digest file saved at commit (without it, the new
  * digest records none: a copy from elsewhere may not inherit one). */
 void dest_set_track_id(struct dest *d, const uint8_t id[DIGEST_TRACK_ID_SIZE]);
+/* The allocation unit of the image that is (or, in a dry run, would be)
+ * written: a qcow2 cluster, else 4096. */
+uint32_t dest_granularity(const struct dest *d, enum image_format src_fmt);
 /* The unit DST's ranges are best delivered in (its digest's hash unit, or
  * its allocation unit). */
 uint32_t dest_unit(const struct dest *d);

@@ -92,7 +92,7 @@ static int choose_dest(struct receiver *r, bool sync)
 		/* An archive read into DST (no sender to tell us where its
 		 * zeros are) leaves no digest. */
 		.digest = !o->no_digest && !o->stream, .digest_file = o->digest_file,
-		.src_name = o->src_name,
+		.src_name = o->src_name, .dry_run = o->dry_run,
 	};
 	int rc = dest_open(&r->d, o->dst_path, &dop);
 	r->have_dest = true;

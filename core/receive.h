@@ -26,6 +26,7 @@ struct receive_opts {
 	bool no_digest;                           /* keep no digest file for DST */
 	const char *digest_file;                  /* NULL = .NAME.sparsync beside DST */
 	const char *src_name;                     /* DST a directory: DST/src_name (dest.h) */
+	bool dry_run;                             /* write nothing (dest.h) */
 	/* The sender is interactive and takes a hash list (pull, serve --sync):
 	 * send it right after our hello, before reading anything. */
 	bool sync;

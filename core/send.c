@@ -135,6 +135,11 @@ static int flush_zero(struct sender *s)
 		return 0;
 	uint8_t b[PROTO_FRAME_SIZE + PROTO_ZERO_SIZE];
 	size_t n = proto_encode_zero(b, s->zero_off, s->zero_len);
+	if (s->o.dry_run) {
+		s->dry_wire += n;
+		s->zero_len = 0;
+		return 0;
+	}
 	proto_digest_zero(&s->dg, s->zero_off, s->zero_len);
 	s->end.zero_bytes += s->zero_len;
 	s->zero_len = 0;
@@ -155,7 +160,12 @@ static int send_piece(struct sender *s, struct send_scratch *w, uint64_t off, co
 		return -1;
 	int rc = 0;
 	pthread_mutex_lock(&s->lock);
-	if (flush_zero(s) < 0 || out(s, j.cbuf, j.wire_len) < 0) {
+	if (s->o.dry_run) {
+		/* What a real run would put on the wire, in the same records. */
+		rc = flush_zero(s);
+		s->dry_wire += j.wire_len;
+		s->dry_data += len;
+	} else if (flush_zero(s) < 0 || out(s, j.cbuf, j.wire_len) < 0) {
 		rc = -1;
 	} else {
 		proto_digest_data(&s->dg, off, j.rec.length, &j.rec.hash);
@@ -241,7 +251,7 @@ static int send_finish(struct sink *base)
 	if (r.type != REC_ACK)
 		return sp_err("%s: unexpected record %u instead of the final ACK", s->s.peer, r.type);
 	s->ack = r.u.ack;
-	st->bytes_written += r.u.ack.bytes_written;
+	st->bytes_written += r.u.ack.bytes_written + s->dry_data;
 	st->dest_bytes_read += r.u.ack.dest_bytes_read;
 	st->bytes_received = s->rd.bytes;
 	return 0;

@@ -27,6 +27,10 @@ struct send_opts {
 	/* Offer incremental sync (CAP_SYNC): when the receiver takes it, read
 	 * its hash list before any data and send only the units that differ. */
 	bool sync;
+	/* --dry-run: DATA and ZERO records are prepared (compressed) and
+	 * counted, not sent; IMAGE and END go out with nothing between, and
+	 * the receiver (serve --dry-run) writes nothing. */
+	bool dry_run;
 };
 
 /* One block's CPU work (hash, compress, seal the record),
@@ -89,6 +93,7 @@ struct sender {
 	struct sync_table table;
 	struct sync_filter filter;     /* in front of base when syncing */
 	const uint8_t *track_send;     /* --track: the id sender_begin passes on */
+	uint64_t dry_wire, dry_data;   /* --dry-run: record bytes and data bytes not sent */
 };
 
 /* Exchange hellos (stream: write ours only) and agree on codec and block

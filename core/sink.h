@@ -4,6 +4,7 @@
 #ifndef SPARSYNC_SINK_H
 #define SPARSYNC_SINK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,7 @@ struct image_sink {
 	int fresh;
 	int compare;
 	size_t grain; /* compare granularity, bytes */
+	bool dry;     /* --dry-run: count what would be written, write nothing */
 };
 
 void image_sink_init(struct image_sink *s, struct image *img, struct sp_stats *st,

@@ -11,6 +11,14 @@
  * already holds: a nightly re-copy touches a few blocks, not the disk. */
 static int write_changed(struct image_sink *s, uint64_t off, const unsigned char *buf, size_t len)
 {
+	/* A dry run does not resize: past the image's end all of it is new. */
+	if (s->dry && off + len > s->img->size) {
+		size_t in = off < s->img->size ? (size_t)(s->img->size - off) : 0;
+		stats_add(s->base.stats->bytes_written, len - in);
+		if (!in)
+			return 0;
+		len = in;
+	}
 	unsigned char *old = malloc(len);
 	if (!old)
 		return sp_err("%s: out of memory", s->img->path);
@@ -32,7 +40,7 @@ static int write_changed(struct image_sink *s, uint64_t off, const unsigned char
 				break;
 			end += m;
 		}
-		rc = image_pwrite(s->img, buf + pos, end - pos, off + pos);
+		rc = s->dry ? 0 : image_pwrite(s->img, buf + pos, end - pos, off + pos);
 		stats_add(s->base.stats->bytes_written, end - pos);
 		changed = true;
 		pos = end;
@@ -49,7 +57,7 @@ static int sink_image_data(struct sink *base, uint64_t off, const void *buf, siz
 	if (s->compare)
 		return write_changed(s, off, buf, len);
 	stats_add(base->stats->bytes_written, len);
-	return image_pwrite(s->img, buf, len, off);
+	return s->dry ? 0 : image_pwrite(s->img, buf, len, off);
 }
 
 /* In compare mode, zero only what does not read as zeros already: holes
@@ -59,6 +67,8 @@ static int zero_changed(struct image_sink *s, uint64_t off, uint64_t len)
 {
 	enum { CHUNK = 1u << 20 };
 	uint64_t end = off + len;
+	if (s->dry && end > s->img->size) /* a dry run does not resize: zeros there */
+		end = s->img->size > off ? s->img->size : off;
 	unsigned char *buf = NULL;
 	int rc = 0;
 	while (rc == 0 && off < end) {
@@ -85,7 +95,7 @@ static int zero_changed(struct image_sink *s, uint64_t off, uint64_t len)
 					continue;
 				}
 				size_t d = zero_run(buf + pos, n - pos, s->grain, false);
-				rc = image_zero(s->img, off + pos, d);
+				rc = s->dry ? 0 : image_zero(s->img, off + pos, d);
 				stats_add(s->base.stats->bytes_zeroed, d);
 				pos += d;
 			}
@@ -104,13 +114,13 @@ static int sink_image_zero(struct sink *base, uint64_t off, uint64_t len)
 	if (s->compare)
 		return zero_changed(s, off, len);
 	stats_add(base->stats->bytes_zeroed, len);
-	return image_zero(s->img, off, len);
+	return s->dry ? 0 : image_zero(s->img, off, len);
 }
 
 static int sink_image_finish(struct sink *base)
 {
 	struct image_sink *s = (struct image_sink *)base;
-	return image_flush(s->img);
+	return s->dry || !s->img ? 0 : image_flush(s->img);
 }
 
 static const struct sink_ops image_sink_ops = {
@@ -128,5 +138,5 @@ void image_sink_init(struct image_sink *s, struct image *img, struct sp_stats *s
 	s->img = img;
 	s->fresh = fresh;
 	s->compare = compare;
-	s->grain = img->granularity > 4096 ? img->granularity : 4096;
+	s->grain = img && img->granularity > 4096 ? img->granularity : 4096;
 }

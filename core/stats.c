@@ -46,6 +46,8 @@ void stats_print_json(FILE *f, const char *op, const struct sp_stats *s)
 		fprintf(f, "\"digest\":\"%s\",", s->digest);
 	if (s->track)
 		fprintf(f, "\"track\":\"%s\",", s->track);
+	if (s->dry_run)
+		fprintf(f, "\"dry_run\":true,");
 	fprintf(f, "\"seconds\":%.3f}\n", s->seconds);
 	fflush(f);
 }
@@ -53,9 +55,10 @@ void stats_print_json(FILE *f, const char *op, const struct sp_stats *s)
 void stats_print_human(FILE *f, const char *op, const struct sp_stats *s)
 {
 	char v[32], r[32], w[32], z[32];
-	fprintf(f, "%s: %s virtual, %s read, %s written, %s zero/holes skipped",
-		op, human_bytes(s->bytes_virtual, v, sizeof v), human_bytes(s->bytes_read, r, sizeof r),
-		human_bytes(s->bytes_written, w, sizeof w), human_bytes(s->bytes_zero, z, sizeof z));
+	fprintf(f, "%s%s: %s virtual, %s read, %s %s, %s zero/holes skipped",
+		s->dry_run ? "dry run: " : "", op, human_bytes(s->bytes_virtual, v, sizeof v),
+		human_bytes(s->bytes_read, r, sizeof r), human_bytes(s->bytes_written, w, sizeof w),
+		s->dry_run ? "to write" : "written", human_bytes(s->bytes_zero, z, sizeof z));
 	if (s->bytes_sent || s->bytes_received) {
 		char a[32], b[32];
 		fprintf(f, ", %s sent, %s received", human_bytes(s->bytes_sent, a, sizeof a),

@@ -4,6 +4,7 @@
 #ifndef SPARSYNC_STATS_H
 #define SPARSYNC_STATS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -34,6 +35,7 @@ struct sp_stats {
 	/* --track: "bitmap" (only what it marked was read), or why the whole
 	 * image was compared this time; NULL without --track. */
 	const char *track;
+	bool dry_run;             /* nothing was written: the figures say what would be */
 };
 
 #define stats_add(field, n) __atomic_add_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)

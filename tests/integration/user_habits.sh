@@ -147,3 +147,38 @@ exit_is "a URL without a path" 2 "$SPARSYNC" copy $RE "$T/a.raw" "ssh://host"
 exit_is "a leading ~ that is no user name stays quoted" 1 \
 	env HOME="$T/home" "$SPARSYNC" copy $RE "$T/a.raw" "host:~;touch $T/pwned/x.raw"
 check "nothing ran in the remote shell" test ! -e "$T/pwned"
+
+# ---- --dry-run: compare, count, write nothing; the real run then does the same ----
+cp --sparse=always "$T/a.raw" "$T/v2.raw"
+put_random "$T/v2.raw" 12288 $((2 * MiB))
+put_random "$T/v2.raw" 4096 $((9 * MiB))
+snapshot() { (cd "$1" && ls -la --time-style=full-iso . && find . -type f -exec md5sum {} + | sort) 2>&1; }
+mkdir -p "$T/dr"
+"$SPARSYNC" copy -q "$T/a.raw" "$T/dr/d.raw"
+before=$(snapshot "$T/dr")
+check "dry run of a local sync" "$SPARSYNC" copy -n --json "$T/v2.raw" "$T/dr/d.raw"
+said "says it is one" '"dry_run":true'
+dry_written=$(json_field bytes_written <"$T/.last")
+check "the destination directory is untouched" test "$(snapshot "$T/dr")" = "$before"
+check "the real run" "$SPARSYNC" copy --json "$T/v2.raw" "$T/dr/d.raw"
+check "writes what the dry run said ($dry_written bytes)" test "$(json_field bytes_written <"$T/.last")" = "$dry_written"
+check "and is right" cmp "$T/v2.raw" "$T/dr/d.raw"
+before=$(snapshot "$T/dr")
+check "dry run of a new copy" "$SPARSYNC" copy -n "$T/v2.raw" "$T/dr/new.raw"
+check "creates nothing" test "$(snapshot "$T/dr")" = "$before"
+mkdir -p "$T/rdr"
+"$SPARSYNC" copy -q -e "$T/fake-ssh" --remote-path "$SPARSYNC" "$T/a.raw" "host:$T/rdr/p.raw"
+before=$(snapshot "$T/rdr")
+check "dry run of a push" "$SPARSYNC" copy -n --json -e "$T/fake-ssh" --remote-path "$SPARSYNC" "$T/v2.raw" "host:$T/rdr/p.raw"
+dry_sent=$(json_field bytes_sent <"$T/.last")
+check "the remote side is untouched" test "$(snapshot "$T/rdr")" = "$before"
+check "the real push" "$SPARSYNC" copy --json -e "$T/fake-ssh" --remote-path "$SPARSYNC" "$T/v2.raw" "host:$T/rdr/p.raw"
+check "sends exactly what the dry run said ($dry_sent bytes)" test "$(json_field bytes_sent <"$T/.last")" = "$dry_sent"
+check "and is right" cmp "$T/v2.raw" "$T/rdr/p.raw"
+exit_is "--dry-run of a pull is a usage error (not yet)" 2 "$SPARSYNC" copy -n -e "$T/fake-ssh" "host:$T/rdr/p.raw" "$T/x.raw"
+exit_is "--dry-run into a stream is a usage error" 2 "$SPARSYNC" copy -n "$T/a.raw" -
+
+# ---- --stats ----
+check "--stats prints a labelled summary" "$SPARSYNC" copy --stats "$T/v2.raw" "$T/dr/d.raw"
+said "with the figures" '^Data at the source: .*bytes'
+said "and the time" '^Time: '

@@ -64,7 +64,23 @@ static void test_endpoints(void)
 			      strcmp(e.path, "/x.raw") == 0);
 	endpoint_free(&e);
 	CHECK("ipv6 without path refused", endpoint_parse("[::1]", &e) < 0);
-	CHECK("empty remote path refused", endpoint_parse("host:", &e) < 0);
+	CHECK("host: is the remote home directory (scp)", endpoint_parse("host:", &e) == 0 &&
+							     strcmp(e.path, ".") == 0);
+	endpoint_free(&e);
+	CHECK("ssh:// URL", endpoint_parse("ssh://me@backup:2222/srv/x.qcow2", &e) == 0 &&
+				    e.kind == EP_REMOTE && strcmp(e.user, "me") == 0 &&
+				    strcmp(e.host, "backup") == 0 && e.port == 2222 &&
+				    strcmp(e.path, "/srv/x.qcow2") == 0);
+	endpoint_free(&e);
+	CHECK("ssh:// URL with ~", endpoint_parse("ssh://backup/~/x.raw", &e) == 0 &&
+					   !e.user && e.port == 0 && strcmp(e.path, "~/x.raw") == 0);
+	endpoint_free(&e);
+	CHECK("ssh:// URL with [v6]:port", endpoint_parse("ssh://[::1]:22/x", &e) == 0 &&
+						   strcmp(e.host, "::1") == 0 && e.port == 22);
+	endpoint_free(&e);
+	CHECK("ssh:// URL without a path refused", endpoint_parse("ssh://host", &e) < 0);
+	CHECK("ssh:// URL with a bad port refused", endpoint_parse("ssh://host:99999/x", &e) < 0);
+	CHECK("ssh:// URL with a bad port refused (text)", endpoint_parse("ssh://host:22x/x", &e) < 0);
 }
 
 static void test_format_rule(void)
