@@ -176,6 +176,8 @@ static char *serve_command(const struct copy_cli *cli, bool push, const char *pa
 			cl_opt(&c, "--bitmap", cli->bitmap);
 		if (cli->track)
 			cl_opt(&c, "--track", NULL);
+		if (cli->dry_run)
+			cl_opt(&c, "--dry-run", NULL);
 		if (cli->in_fmt != FMT_AUTO)
 			cl_opt(&c, "-f", image_format_name(cli->in_fmt));
 		if (cli->wire_compress)
@@ -374,7 +376,7 @@ static int pull(const struct copy_cli *cli, struct sp_stats *st)
 		.whole = cli->whole, .target_is_zero = cli->target_is_zero,
 		.inplace = cli->inplace, .no_space_check = cli->no_space_check, .sync = true,
 		.no_digest = cli->no_digest, .digest_file = cli->digest_file,
-		.src_name = pulled_name,
+		.src_name = pulled_name, .dry_run = cli->dry_run,
 		.workers = cli->workers, .progress = cli->progress,
 	};
 	int rc = receive_run(t, &ro, st);

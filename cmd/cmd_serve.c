@@ -193,8 +193,9 @@ static int serve_send(struct transport *t, const struct serve_args *a)
 		rc = sender_begin(&snd, src);
 	if (rc == 0)
 		rc = copy_run(src, sender_sink(&snd), &co, &st);
-	if (rc == 0 && a->track)
-		track_finish(&tr, src); /* the client has acknowledged: DST is complete */
+	/* The client has acknowledged: DST is complete (a dry run's is not). */
+	if (rc == 0 && a->track && !a->dry_run)
+		track_finish(&tr, src);
 	change_map_free(&changed);
 	track_free(&tr);
 	if (rc < 0)

@@ -24,6 +24,7 @@ struct tally {
 	int left;            /* keys we may still offer */
 	char tried[512];     /* for the failure message */
 	bool rsa_refused;
+	bool unloadable;     /* a key libssh2 could not load (passphrase-protected) */
 	int agent_unoffered; /* agent keys left untried (MaxAuthTries) */
 	bool broken;         /* the connection died: stop */
 	char broken_msg[256];
@@ -193,6 +194,7 @@ static int try_file(LIBSSH2_SESSION *s, const struct ssh_target *tg, const char 
 	if (rc == LIBSSH2_ERROR_FILE || rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED) {
 		snprintf(what, sizeof what, "%s (cannot load it: passphrase-protected? add it to ssh-agent)", file);
 		t->left++; /* nothing was offered to the server */
+		t->unloadable = true;
 	} else {
 		snprintf(what, sizeof what, "%s%s", file, rsa ? " (RSA)" : "");
 		if (rsa)
@@ -233,7 +235,8 @@ int ssh_authenticate(LIBSSH2_SESSION *s, const struct ssh_target *tg)
 			      tg->alias, user, t.tried[0] ? t.tried : "none", t.broken_msg);
 	if (!t.tried[0]) {
 		if (tg->identity_explicit)
-			return sp_err("%s: identity file %s could not be used", tg->alias, tg->identities[0]);
+			return sp_err("%s: identity file %s could not be used", tg->alias,
+				      tg->identities[0]) - (t.unloadable ? 1 : 0);
 		return sp_err("%s: no key to log in as %s: ssh-agent has none and none of %s%s exists; "
 			      "use -i FILE or -e ssh",
 			      tg->alias, user, tg->n_identities ? tg->identities[0] : "~/.ssh/id_ed25519",
@@ -249,6 +252,7 @@ int ssh_authenticate(LIBSSH2_SESSION *s, const struct ssh_target *tg)
 			      "ssh-agent holds %d more, not offered so as to stay under the server's "
 			      "MaxAuthTries: name the key with -i FILE)",
 			      tg->alias, user, t.tried, t.agent_unoffered);
+	/* OpenSSH's client can ask for a passphrase; we cannot. */
 	return sp_err("%s: permission denied for %s: the server accepted none of the keys (tried: %s)",
-		      tg->alias, user, t.tried);
+		      tg->alias, user, t.tried) - (t.unloadable ? 1 : 0);
 }

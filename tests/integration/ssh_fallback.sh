@@ -25,6 +25,18 @@ check "--ssh=openssh uses ssh from the start" "$SPARSYNC" copy -v --ssh=openssh 
 check "(right)" cmp "$T/a.raw" "$T/r/o.raw"
 check_fails "--ssh=bogus is a usage error" "$SPARSYNC" copy --ssh=bogus "$T/a.raw" "$H:$T/r/x.raw"
 
+# A passphrase-protected key and no agent: libssh2 cannot load it; OpenSSH
+# asks for the passphrase (here through SSH_ASKPASS).
+ssh-keygen -q -t ed25519 -N 'sesame' -C sparsync-test-locked -f "$T/locked"
+cat "$T/locked.pub" >>"$SSHD_DIR/authorized_keys"
+printf '#!/bin/sh\necho sesame\n' >"$T/askpass"
+chmod +x "$T/askpass"
+check "a passphrase-protected key: OpenSSH asks for the passphrase" \
+	env -u SSH_AUTH_SOCK SSH_ASKPASS="$T/askpass" SSH_ASKPASS_REQUIRE=force DISPLAY=none \
+	"$SPARSYNC" copy -v $BASE -i "$T/locked" "$T/a.raw" "$H:$T/r/locked.raw"
+said "-v says why (passphrase)" "passphrase-protected.*using OpenSSH's ssh instead"
+check "(right)" cmp "$T/a.raw" "$T/r/locked.raw"
+
 # ProxyJump from the ssh configuration: ~/.ssh/config is read from the
 # passwd home (/root), so the test runs in a mount namespace where /root is
 # a directory of ours; nothing outside $T changes.

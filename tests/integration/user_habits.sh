@@ -175,7 +175,15 @@ check "the remote side is untouched" test "$(snapshot "$T/rdr")" = "$before"
 check "the real push" "$SPARSYNC" copy --json -e "$T/fake-ssh" --remote-path "$SPARSYNC" "$T/v2.raw" "host:$T/rdr/p.raw"
 check "sends exactly what the dry run said ($dry_sent bytes)" test "$(json_field bytes_sent <"$T/.last")" = "$dry_sent"
 check "and is right" cmp "$T/v2.raw" "$T/rdr/p.raw"
-exit_is "--dry-run of a pull is a usage error (not yet)" 2 "$SPARSYNC" copy -n -e "$T/fake-ssh" "host:$T/rdr/p.raw" "$T/x.raw"
+mkdir -p "$T/pdir"
+cp --sparse=always "$T/a.raw" "$T/pdir/pl.raw"
+before=$(snapshot "$T/pdir")
+check "dry run of a pull" "$SPARSYNC" copy -n --json -e "$T/fake-ssh" --remote-path "$SPARSYNC" "host:$T/rdr/p.raw" "$T/pdir/pl.raw"
+dry_recv=$(json_field bytes_received <"$T/.last"); dry_written=$(json_field bytes_written <"$T/.last")
+check "the local side is untouched" test "$(snapshot "$T/pdir")" = "$before"
+check "the real pull" "$SPARSYNC" copy --json -e "$T/fake-ssh" --remote-path "$SPARSYNC" "host:$T/rdr/p.raw" "$T/pdir/pl.raw"
+check "receives and writes what the dry run said" test "$(json_field bytes_received <"$T/.last") $(json_field bytes_written <"$T/.last")" = "$dry_recv $dry_written"
+check "and is right" cmp "$T/v2.raw" "$T/pdir/pl.raw"
 exit_is "--dry-run into a stream is a usage error" 2 "$SPARSYNC" copy -n "$T/a.raw" -
 
 # ---- --stats ----
