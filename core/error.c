@@ -56,14 +56,20 @@ void sp_err_clear(void)
 	errbuf[0] = '\0';
 }
 
-void sp_warn(const char *fmt, ...)
+/* "sparsync: MSG" on stderr. */
+static void vline(const char *fmt, va_list ap)
 {
 	char line[1024];
+	vsnprintf(line, sizeof line, fmt, ap);
+	fprintf(stderr, "sparsync: %s\n", line);
+}
+
+void sp_warn(const char *fmt, ...)
+{
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof line, fmt, ap);
+	vline(fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "sparsync: %s\n", line);
 }
 
 static int verbose_level;
@@ -82,10 +88,8 @@ void sp_info(const char *fmt, ...)
 {
 	if (!verbose_level)
 		return;
-	char line[1024];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof line, fmt, ap);
+	vline(fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "sparsync: %s\n", line);
 }
