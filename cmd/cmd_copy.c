@@ -185,8 +185,6 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 				   "another program writes) never allows");
 	if (cli->dry_run && (cli->src.kind == EP_STREAM || cli->dst.kind == EP_STREAM))
 		return usage_error("copy", "--dry-run compares with a destination: a stream has none");
-	if (cli->dry_run && cli->create.backing)
-		return usage_error("copy", "--dry-run does not handle --backing yet");
 	if (cli->bitmap && cli->whole)
 		return usage_error("copy", "--bitmap copies only what changed: --whole rewrites "
 				   "everything");

@@ -99,7 +99,7 @@ static int shrink_qcow2(struct image *img, const char *real, struct copy_opts *o
 		struct backing_sink bs;
 		image_sink_init(&s, d.img, st, 1, 0);
 		if (b)
-			backing_sink_init(&bs, d.img, b, st);
+			backing_sink_init(&bs, d.img, b, 0, st);
 		rc = copy_run(img, b ? &bs.base : &s.base, o, st);
 		/* The rewritten image keeps the original's permissions. */
 		struct stat sb;

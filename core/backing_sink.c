@@ -32,7 +32,7 @@ static int bsink_data(struct sink *base, uint64_t off, const void *buf, size_t l
 	const unsigned char *p = buf;
 	unsigned char *old = malloc(len);
 	if (!old)
-		return sp_err("%s: out of memory", s->dst->path);
+		return sp_err("%s: out of memory", s->backing->path);
 	int rc = backing_read(s->backing, old, len, off);
 	bool changed = false;
 	size_t pos = 0;
@@ -50,7 +50,7 @@ static int bsink_data(struct sink *base, uint64_t off, const void *buf, size_t l
 				break;
 			end += m;
 		}
-		rc = image_pwrite(s->dst, p + pos, end - pos, off + pos);
+		rc = s->dst ? image_pwrite(s->dst, p + pos, end - pos, off + pos) : 0;
 		stats_add(base->stats->bytes_written, end - pos);
 		changed = true;
 		pos = end;
@@ -72,7 +72,7 @@ static int bsink_zero(struct sink *base, uint64_t off, uint64_t len)
 		if (image_extent(s->backing, off, &e) < 0)
 			return -1;
 		uint64_t n = e.length < end - off ? e.length : end - off;
-		if (e.kind == EXTENT_DATA && image_zero(s->dst, off, n) < 0)
+		if (e.kind == EXTENT_DATA && s->dst && image_zero(s->dst, off, n) < 0)
 			return -1;
 		off += n;
 	}
@@ -81,18 +81,19 @@ static int bsink_zero(struct sink *base, uint64_t off, uint64_t len)
 
 static int bsink_finish(struct sink *base)
 {
-	return image_flush(((struct backing_sink *)base)->dst);
+	struct image *dst = ((struct backing_sink *)base)->dst;
+	return dst ? image_flush(dst) : 0;
 }
 
 static const struct sink_ops backing_sink_ops = { bsink_data, bsink_zero, bsink_finish };
 
 void backing_sink_init(struct backing_sink *s, struct image *dst, struct image *backing,
-		       struct sp_stats *st)
+		       uint32_t grain, struct sp_stats *st)
 {
 	memset(s, 0, sizeof *s);
 	s->base.ops = &backing_sink_ops;
 	s->base.stats = st;
 	s->dst = dst;
 	s->backing = backing;
-	s->grain = dst->granularity ? dst->granularity : 65536;
+	s->grain = dst && dst->granularity ? dst->granularity : grain ? grain : 65536;
 }

@@ -415,8 +415,6 @@ int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size, uint64_
 		d->src_size = size;
 		if (d->mode == DEST_DEVICE && d->img->size < size)
 			return human_size_err(d, d->img->size, size);
-		if (d->mode == DEST_OVERLAY)
-			return sp_err("%s: --dry-run does not handle --backing yet", d->path);
 		return 0;
 	}
 	switch (d->mode) {
@@ -451,7 +449,9 @@ static struct sink *plain_sink(struct dest *d, struct sp_stats *st, bool compare
 {
 	switch (d->mode) {
 	case DEST_OVERLAY:
-		backing_sink_init(&d->sink.backing, d->img, d->backing, st);
+		backing_sink_init(&d->sink.backing, d->img, d->backing,
+				  d->o.create && d->o.create->cluster_size ? d->o.create->cluster_size
+									   : 65536, st);
 		return &d->sink.backing.base;
 	default: {
 		/* A new file, or a device the user vouches for, reads as zeros:

@@ -24,13 +24,11 @@ for f in vmdk vhdx vdi qed vpc parallels; do
 	said "it names the format ($f)" "x.$f: is a $f.* image, which sparsync does not read"
 	check "nothing written ($f)" test ! -e "$T/out.raw"
 done
-# (qemu-img times its key derivation: a very short iter-time sometimes
-# fails with "Unable to get accurate CPU usage", so try again)
-for _ in 1 2 3; do
-	qemu-img create -q --object secret,id=s0,data=pw -f luks -o key-secret=s0,iter-time=100 \
-		"$T/x.luks" 16M 2>/dev/null && break
-done
-check "qemu-img made a LUKS image" test -s "$T/x.luks"
+# A LUKS header is recognised by its magic and version, like QEMU's probe
+# (qemu-img create -f luks times a key derivation, which is flaky on a
+# loaded VM, and the probe needs only the header's first bytes).
+printf 'LUKS\272\276\000\001' >"$T/x.luks"
+truncate -s 16M "$T/x.luks"
 exit_is "a LUKS source is refused" 1 "$SPARSYNC" copy "$T/x.luks" "$T/out.raw"
 said "it names the format (luks)" 'is a luks image'
 qemu-img create -q -f vmdk -o subformat=monolithicFlat "$T/flat.vmdk" 1M
@@ -184,6 +182,15 @@ check "the local side is untouched" test "$(snapshot "$T/pdir")" = "$before"
 check "the real pull" "$SPARSYNC" copy --json -e "$T/fake-ssh" --remote-path "$SPARSYNC" "host:$T/rdr/p.raw" "$T/pdir/pl.raw"
 check "receives and writes what the dry run said" test "$(json_field bytes_received <"$T/.last") $(json_field bytes_written <"$T/.last")" = "$dry_recv $dry_written"
 check "and is right" cmp "$T/v2.raw" "$T/pdir/pl.raw"
+mkdir -p "$T/bdir"
+"$SPARSYNC" copy -q "$T/a.raw" "$T/bdir/base.qcow2"
+before=$(snapshot "$T/bdir")
+check "dry run of a --backing overlay" "$SPARSYNC" copy -n --json --backing base.qcow2 "$T/v2.raw" "$T/bdir/night1.qcow2"
+dry_written=$(json_field bytes_written <"$T/.last")
+check "creates nothing" test "$(snapshot "$T/bdir")" = "$before"
+check "the real overlay" "$SPARSYNC" copy --json --backing base.qcow2 "$T/v2.raw" "$T/bdir/night1.qcow2"
+check "writes what the dry run said ($dry_written bytes)" test "$(json_field bytes_written <"$T/.last")" = "$dry_written"
+check "and reads as the source" qemu-img compare -q "$T/v2.raw" "$T/bdir/night1.qcow2"
 exit_is "--dry-run into a stream is a usage error" 2 "$SPARSYNC" copy -n "$T/a.raw" -
 
 # ---- --stats ----
