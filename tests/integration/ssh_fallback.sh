@@ -37,10 +37,15 @@ check "a passphrase-protected key: OpenSSH asks for the passphrase" \
 said "-v says why (passphrase)" "passphrase-protected.*using OpenSSH's ssh instead"
 check "(right)" cmp "$T/a.raw" "$T/r/locked.raw"
 
-# ProxyJump from the ssh configuration: ~/.ssh/config is read from the
-# passwd home (/root), so the test runs in a mount namespace where /root is
-# a directory of ours; nothing outside $T changes.
-if [ "$(id -u)" = 0 ] && unshare -m true 2>/dev/null; then
+# ProxyJump from the ssh configuration, through a second loopback sshd: the
+# target's sshd is the one started above, the jump host another. The ssh
+# configuration (~/.ssh/config) is read from the passwd home (/root), so
+# this part runs in a mount namespace where /root is a directory of ours;
+# nothing outside $T changes.
+TGT_PORT=$SSHD_PORT TGT_KEY=$SSH_KEY TGT_KH=$SSH_KNOWN_HOSTS
+SSHD_DIR=$T/jump
+trap 'SSHD_DIR=$T/jump sshd_stop; SSHD_DIR=$T/ssh sshd_stop; rm -rf "$T"' EXIT
+if [ "$(id -u)" = 0 ] && unshare -m true 2>/dev/null && sshd_start; then
 	mkdir -p "$T/fakeroot/.ssh"
 	cat >"$T/fakeroot/.ssh/config" <<EOC
 Host jumpy
@@ -52,10 +57,10 @@ Host jumpy
 	StrictHostKeyChecking yes
 Host behind
 	HostName 127.0.0.1
-	Port $SSHD_PORT
+	Port $TGT_PORT
 	User root
-	IdentityFile $SSH_KEY
-	UserKnownHostsFile $SSH_KNOWN_HOSTS
+	IdentityFile $TGT_KEY
+	UserKnownHostsFile $TGT_KH
 	StrictHostKeyChecking yes
 	ProxyJump jumpy
 EOC
@@ -71,10 +76,14 @@ EOC
 	check "ProxyJump: verify too" inns "$SPARSYNC" verify -q --remote-path "$SPARSYNC" "$T/a.raw" "behind:$T/r/jump.raw"
 	check_fails "ProxyJump with --ssh=builtin is refused" \
 		inns "$SPARSYNC" copy --ssh=builtin --remote-path "$SPARSYNC" "$T/a.raw" "behind:$T/r/jump2.raw"
+	SSHD_DIR=$T/jump sshd_stop
+	check_fails "ProxyJump: with the jump host down it fails" \
+		inns "$SPARSYNC" copy --remote-path "$SPARSYNC" "$T/a.raw" "behind:$T/r/jump3.raw"
 	check "/root was never touched" test "$(ls -la --time-style=full-iso /root /root/.ssh 2>&1 | md5sum)" = "$root_before"
 else
-	fail "ProxyJump test needs root and unshare -m"
+	fail "ProxyJump test needs root, unshare -m and a second sshd"
 fi
+SSHD_DIR=$T/ssh SSHD_PORT=$TGT_PORT SSH_KEY=$TGT_KEY SSH_KNOWN_HOSTS=$TGT_KH
 
 # A host that never answers: --connect-timeout bounds the wait (a
 # listening socket that never accepts: the TCP handshake completes in the
