@@ -272,7 +272,7 @@ static int open_digest(struct dest *d)
 	if (d->mode != DEST_UPDATE)
 		return 0;
 	const char *why = NULL;
-	int rc = digest_load(d->digest_path, d->real_path, d->img, &d->map, &d->digest_info, &why);
+	int rc = digest_load(d->digest_path, d->img, &d->map, &d->digest_info, &why);
 	if (rc < 0)
 		return -1;
 	if (rc == 1)
@@ -555,15 +555,11 @@ int dest_commit(struct dest *d)
 {
 	struct image *img = d->img;
 	d->img = NULL;
-	if (d->o.dry_run) {
-		if (img && d->st)
-			stats_add(d->st->dest_bytes_read, img->bytes_read);
-		return img ? image_close(img) : 0;
-	}
-	d->digest_info.format = img->format;
-	d->bytes_read = img->bytes_read;
-	if (d->st)
+	if (img && d->st)
 		stats_add(d->st->dest_bytes_read, img->bytes_read);
+	if (d->o.dry_run)
+		return img ? image_close(img) : 0;
+	d->digest_info.format = img->format;
 	int rc;
 	if (d->replacing) {
 		d->replacing = false;

@@ -110,7 +110,6 @@ struct dest {
 	bool filter_on;
 	struct sp_stats *st;
 	uint64_t src_size;            /* from dest_begin */
-	uint64_t bytes_read;          /* read from DST (hash list, compare, read back) */
 };
 
 /* Classify path and open what must be open before the source is known. */

@@ -167,10 +167,9 @@ malformed:
 	return 0;
 }
 
-int digest_load(const char *dpath, const char *real_path, const struct image *img,
-		struct unit_map *map, struct digest_info *info, const char **why)
+int digest_load(const char *dpath, const struct image *img, struct unit_map *map,
+		struct digest_info *info, const char **why)
 {
-	(void)real_path;
 	struct stat st;
 	if (fstat(img->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		*why = "the image is not a regular file";

@@ -38,14 +38,14 @@ struct digest_info {
  * else ".NAME.sparsync" beside it. Malloc'd; NULL when out of memory. */
 char *digest_path_for(const char *real_path, const char *override);
 
-/* Load the digest at dpath for img, open at real_path, into map (which
+/* Load the digest at dpath for img (open) into map (which
  * gets the digest's unit). Returns 1 when it is usable, 0 when it is not
  * (absent, stale, damaged: *why says which, for --json), -1 when out of
  * memory. A digest that is intact but stale, of this same file (device and
  * inode), still fills info->track_id: the bitmap it names is this
  * destination's, though no longer in step. */
-int digest_load(const char *dpath, const char *real_path, const struct image *img,
-		struct unit_map *map, struct digest_info *info, const char **why);
+int digest_load(const char *dpath, const struct image *img, struct unit_map *map,
+		struct digest_info *info, const char **why);
 
 /* Save map as the digest of the image at real_path (flushed, closed).
  * Returns 0, or 1 when it was not saved because the image keeps changing

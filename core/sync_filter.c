@@ -147,8 +147,8 @@ static const struct sink_ops filter_ops = {
 	.finish = filter_finish,
 };
 
-int sync_filter_init(struct sync_filter *f, struct sink *inner, struct sync_table *table,
-		     struct image *src, bool cover, struct sp_stats *stats)
+void sync_filter_init(struct sync_filter *f, struct sink *inner, struct sync_table *table,
+		      struct image *src, bool cover, struct sp_stats *stats)
 {
 	memset(f, 0, sizeof *f);
 	f->base.ops = &filter_ops;
@@ -162,7 +162,6 @@ int sync_filter_init(struct sync_filter *f, struct sink *inner, struct sync_tabl
 	uint64_t units = src->size / table->unit + (src->size % table->unit != 0);
 	if (units <= (1ull << 28) && (f->touched = calloc(units / 64 + 1, sizeof *f->touched)))
 		f->touched_units = units;
-	return 0;
 }
 
 void sync_filter_free(struct sync_filter *f)

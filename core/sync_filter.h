@@ -32,8 +32,8 @@ struct sync_filter {
 };
 
 /* stats: where bytes_unchanged is counted as it goes. */
-int sync_filter_init(struct sync_filter *f, struct sink *inner, struct sync_table *table,
-		     struct image *src, bool cover, struct sp_stats *stats);
+void sync_filter_init(struct sync_filter *f, struct sink *inner, struct sync_table *table,
+		      struct image *src, bool cover, struct sp_stats *stats);
 void sync_filter_free(struct sync_filter *f);
 
 #endif

@@ -121,7 +121,7 @@ static void test_digest_file(void)
 	CHECK("digest: saved", digest_save(dig_path, img_path, &m, &info) == 0);
 	struct digest_info got;
 	const char *why = NULL;
-	int rc = digest_load(dig_path, img_path, img, &back, &got, &why);
+	int rc = digest_load(dig_path, img, &back, &got, &why);
 	bool same = rc == 1 && back.count == m.count && back.unit == m.unit &&
 		    memcmp(got.track_id, info.track_id, sizeof got.track_id) == 0;
 	uint64_t f, f2;
@@ -146,14 +146,14 @@ static void test_digest_file(void)
 		memcpy(b, good, len);
 		b[i] ^= 0x5A;
 		spill(dig_path, b, len);
-		rc = digest_load(dig_path, img_path, img, &back, &got, &why);
+		rc = digest_load(dig_path, img, &back, &got, &why);
 		if (rc == 1)
 			unit_map_free(&back);
 		refused += rc == 0;
 		if (i < len - HASH_SIZE) {
 			reseal(b, len);
 			spill(dig_path, b, len);
-			rc = digest_load(dig_path, img_path, img, &back, &got, &why);
+			rc = digest_load(dig_path, img, &back, &got, &why);
 			if (rc == 1) {
 				accepted_resealed++;
 				unit_map_free(&back);
@@ -167,7 +167,7 @@ static void test_digest_file(void)
 	int cut_refused = 0;
 	for (size_t n = 0; n < len; n++) {
 		spill(dig_path, good, n);
-		rc = digest_load(dig_path, img_path, img, &back, &got, &why);
+		rc = digest_load(dig_path, img, &back, &got, &why);
 		if (rc == 1)
 			unit_map_free(&back);
 		cut_refused += rc == 0;
@@ -185,11 +185,11 @@ static void test_digest_file(void)
 	close(fd);
 	image_close(img);
 	img = image_open(img_path, FMT_RAW, IMAGE_RDONLY);
-	rc = digest_load(dig_path, img_path, img, &back, &got, &why);
+	rc = digest_load(dig_path, img, &back, &got, &why);
 	CHECK("digest: a write with the mtime put back is seen (ctime)",
 	      rc == 0 && strstr(why, "changed"));
 	digest_remove(dig_path);
-	rc = digest_load(dig_path, img_path, img, &back, &got, &why);
+	rc = digest_load(dig_path, img, &back, &got, &why);
 	CHECK("digest: removed", rc == 0 && strcmp(why, "there is none") == 0);
 	free(b);
 	free(good);
