@@ -3,7 +3,9 @@
  * nothing else. Errors go to the peer as an ERROR record and to stderr as
  * one line (which ssh hands to the user); exit 1. */
 #include "cmd.h"
+#include "serve.h"
 
+#include "../core/confine.h"
 #include "../core/copy.h"
 #include "../core/error.h"
 #include "../core/receive.h"
@@ -30,10 +32,13 @@ static const char serve_usage[] =
 	"                      [--compress C]\n"
 	"                      [--bwlimit RATE]\n"
 	"       sparsync serve --hashes PATH [-f raw|qcow2] [-U] [--hash-unit SIZE]\n"
-	"Each also takes -j N and --timeout SECONDS.\n"
+	"       sparsync serve --restrict-to DIR [--read-only | --write-only] [--append-only]\n"
+	"Each of the first three also takes -j N and --timeout SECONDS.\n"
 	"The remote half of 'sparsync copy' and 'sparsync verify', started by them\n"
 	"over ssh: speaks the sparsync protocol on stdin/stdout. Not meant to be run\n"
-	"by hand.\n";
+	"by hand. With --restrict-to it is the forced command of an authorized_keys\n"
+	"line: it runs the serve request in SSH_ORIGINAL_COMMAND, with every path\n"
+	"inside DIR (see 'Setting up a backup host' in sparsync(1)).\n";
 
 enum {
 	OPT_RECEIVE = 256, OPT_SEND, OPT_HASHES, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT,
@@ -42,21 +47,8 @@ enum {
 	OPT_DRY_RUN,
 };
 
-struct serve_args {
-	const char *receive, *send, *hashes;
-	enum image_format in_fmt, out_fmt;
-	struct image_create_opts create;
-	struct codec_choice codec;
-	uint64_t bwlimit;
-	bool whole, sync, target_is_zero, inplace, no_space_check, no_digest, force_share, track,
-		dry_run;
-	const char *digest_file, *bitmap, *source_name;
-	uint32_t hash_unit;
-	unsigned workers;
-	unsigned timeout_s;
-};
 
-static int parse(int argc, char **argv, struct serve_args *a)
+int serve_parse(int argc, char **argv, struct serve_args *a)
 {
 	static const struct option opts[] = {
 		{ "receive", required_argument, NULL, OPT_RECEIVE },
@@ -163,16 +155,18 @@ static int parse(int argc, char **argv, struct serve_args *a)
 	return 0;
 }
 
-static int serve_send(struct transport *t, const struct serve_args *a)
+static int serve_send(struct transport *t, const struct serve_args *a, const char *refusal)
 {
 	struct sp_stats st;
 	memset(&st, 0, sizeof st);
 	/* Open first to learn the block size, but report a failure only after
 	 * the hellos, so that even "no such file" travels as an ERROR record. */
 	char open_err[1024] = "";
-	struct image *src = image_open(a->send, a->in_fmt,
-				       IMAGE_RDONLY | (a->force_share ? IMAGE_FORCE_SHARE : 0));
-	if (!src)
+	struct image *src = NULL;
+	if (refusal)
+		snprintf(open_err, sizeof open_err, "%s", refusal);
+	else if (!(src = image_open(a->send, a->in_fmt,
+				    IMAGE_RDONLY | (a->force_share ? IMAGE_FORCE_SHARE : 0))))
 		snprintf(open_err, sizeof open_err, "%s", sp_errmsg());
 	struct send_opts so = { .codec = a->codec, .block_size = BLOCK_SIZE_DEFAULT, .sync = true };
 	if (src && src->granularity > so.block_size && src->granularity <= PROTO_BLOCK_MAX)
@@ -209,42 +203,51 @@ static int serve_send(struct transport *t, const struct serve_args *a)
 	return rc;
 }
 
-int cmd_serve(int argc, char **argv)
+int serve_run(const struct serve_args *a, const char *refusal)
 {
-	struct serve_args a;
-	memset(&a, 0, sizeof a);
-	int rc = parse(argc, argv, &a);
-	if (rc != 0)
-		return rc;
+	int rc;
 	struct transport *t = transport_fd_open(STDIN_FILENO, STDOUT_FILENO, "client");
 	if (!t)
 		return fail();
-	t->bwlimit = a.bwlimit;
-	transport_set_timeout(t, a.timeout_s);
-	if (a.receive) {
+	t->bwlimit = a->bwlimit;
+	transport_set_timeout(t, a->timeout_s);
+	if (a->receive) {
 		struct sp_stats st;
 		memset(&st, 0, sizeof st);
 		struct receive_opts ro = {
-			.dst_path = a.receive, .out_fmt = a.out_fmt, .create = &a.create,
-			.whole = a.whole, .target_is_zero = a.target_is_zero, .inplace = a.inplace,
-			.no_space_check = a.no_space_check, .sync = a.sync,
-			.no_digest = a.no_digest, .digest_file = a.digest_file,
-			.src_name = a.source_name, .dry_run = a.dry_run,
-			.workers = a.workers,
-			.progress = PROGRESS_OFF,
+			.dst_path = a->receive, .out_fmt = a->out_fmt, .create = &a->create,
+			.whole = a->whole, .target_is_zero = a->target_is_zero, .inplace = a->inplace,
+			.no_space_check = a->no_space_check, .sync = a->sync,
+			.no_digest = a->no_digest, .digest_file = a->digest_file,
+			.src_name = a->source_name, .dry_run = a->dry_run,
+			.workers = a->workers,
+			.progress = PROGRESS_OFF, .refusal = refusal,
 		};
 		rc = receive_run(t, &ro, &st);
-	} else if (a.hashes) {
-		rc = hashes_serve(t, a.hashes, a.in_fmt, a.hash_unit, a.workers, a.force_share);
+	} else if (a->hashes) {
+		rc = hashes_serve(t, a->hashes, a->in_fmt, a->hash_unit, a->workers, a->force_share,
+				  refusal);
 	} else {
-		rc = serve_send(t, &a);
+		rc = serve_send(t, a, refusal);
 	}
 	transport_close(t, NULL);
 	if (rc == 0)
 		return 0;
 	/* When the peer told us why, it knows already; when we told it, it
 	 * shows the message: one line, from the client. */
-	if (rc != PROTO_PEER_FAILED && rc != PROTO_ERROR_SENT)
-		fprintf(stderr, "sparsync serve: %s\n", sp_errmsg());
+	if (rc != PROTO_PEER_FAILED && rc != PROTO_ERROR_SENT) {
+		char shown[1024];
+		fprintf(stderr, "sparsync serve: %s\n", confine_shown(sp_errmsg(), shown, sizeof shown));
+	}
 	return EXIT_FAIL;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+	if (serve_restricted_asked(argc, argv))
+		return serve_restricted(argc, argv);
+	struct serve_args a;
+	memset(&a, 0, sizeof a);
+	int rc = serve_parse(argc, argv, &a);
+	return rc != 0 ? rc : serve_run(&a, NULL);
 }

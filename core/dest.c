@@ -1,5 +1,6 @@
 #include "dest.h"
 
+#include "confine.h"
 #include "error.h"
 #include "paths.h"
 #include "protocol.h"
@@ -170,6 +171,10 @@ static char *into_directory(const char *path, const char *src_name, int *err)
 	*err = 0;
 	if (!src_name || (!slash && (stat(path, &sb) < 0 || !S_ISDIR(sb.st_mode))))
 		return NULL;
+	if (strchr(src_name, '/')) {
+		*err = sp_err("%s: the source's name '%s' is not a file name", path, src_name);
+		return NULL;
+	}
 	if (slash && (stat(path, &sb) < 0 || !S_ISDIR(sb.st_mode))) {
 		*err = sp_err("%s: directory does not exist", path);
 		return NULL;
@@ -201,6 +206,10 @@ static int open_kind(struct dest *d, const char *path, const struct dest_opts *o
 	struct stat sb;
 	if (classify(d, &sb) < 0)
 		return -1;
+	if (sb.st_mode && confine_append_only())
+		return sp_err("%s: exists, and this key may only add new files (refused by serve "
+			      "--append-only); push a new overlay on top of it instead: sparsync copy "
+			      "SRC HOST:NEW.qcow2 --backing NAME", d->path);
 	if (S_ISBLK(sb.st_mode))
 		return open_device(d);
 	if (o->dry_run && S_ISREG(sb.st_mode) && undo_pending(d->real_path))

@@ -1,6 +1,7 @@
 #include "protocol.h"
 
 #include "../transport/transport.h"
+#include "confine.h"
 #include "error.h"
 
 #include <ctype.h>
@@ -786,7 +787,8 @@ int proto_send_error(struct transport *t, const char *msg)
 	char saved[1024];
 	snprintf(saved, sizeof saved, "%s", sp_errmsg());
 	uint8_t b[PROTO_FRAME_SIZE + PROTO_ERROR_MAX];
-	size_t n = proto_encode_error(b, msg);
+	char shown[PROTO_ERROR_MAX + 1];
+	size_t n = proto_encode_error(b, confine_shown(msg, shown, sizeof shown));
 	int rc = transport_write(t, b, n);
 	sp_err("%s", saved);
 	return rc < 0 ? -1 : 0;

@@ -94,6 +94,8 @@ static int choose_dest(struct receiver *r, bool sync)
 		.digest = !o->no_digest && !o->stream, .digest_file = o->digest_file,
 		.src_name = o->src_name, .dry_run = o->dry_run,
 	};
+	if (o->refusal)
+		return sp_err("%s", o->refusal);
 	int rc = dest_open(&r->d, o->dst_path, &dop);
 	r->have_dest = true;
 	if (rc == 0) {
@@ -310,7 +312,7 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 }
 
 int hashes_serve(struct transport *t, const char *path, enum image_format fmt, uint32_t unit,
-		 unsigned workers, bool force_share)
+		 unsigned workers, bool force_share, const char *refusal)
 {
 	/* Hello, then the list at once (nothing to wait for: the client asked
 	 * for it by running us); an ERROR record instead when we cannot. */
@@ -319,8 +321,8 @@ int hashes_serve(struct transport *t, const char *path, enum image_format fmt, u
 	if (proto_write_hello(t, &mine) < 0)
 		return -1;
 	struct image *img = NULL;
-	int rc = 0;
-	if (unit < SYNC_UNIT_MIN || unit > SYNC_UNIT_MAX || (unit & (unit - 1)))
+	int rc = refusal ? sp_err("%s", refusal) : 0;
+	if (rc == 0 && (unit < SYNC_UNIT_MIN || unit > SYNC_UNIT_MAX || (unit & (unit - 1))))
 		rc = sp_err("hash unit %u is not a power of two from %u to %u", unit, SYNC_UNIT_MIN,
 			    SYNC_UNIT_MAX);
 	if (rc == 0 && !(img = image_open(path, fmt, IMAGE_RDONLY | (force_share ? IMAGE_FORCE_SHARE : 0))))

@@ -32,6 +32,9 @@ struct receive_opts {
 	bool sync;
 	unsigned workers;                         /* hashing threads, 0 = cores */
 	enum progress_mode progress;
+	/* A restricted serve's rule refused the request: fail with this where
+	 * a DST that cannot be opened would (the client shows it). */
+	const char *refusal;
 };
 
 /* Write our hello. When syncing (o->sync), at once the hash list: of DST
@@ -51,8 +54,9 @@ struct receive_opts {
 int receive_run(struct transport *t, const struct receive_opts *o, struct sp_stats *st);
 
 /* `serve --hashes`: write a receiver's hello and, at once, the hash list
- * of the image at path in `unit`-byte units (for verify). */
+ * of the image at path in `unit`-byte units (for verify); or, given a
+ * refusal, an ERROR record with it. */
 int hashes_serve(struct transport *t, const char *path, enum image_format fmt, uint32_t unit,
-		 unsigned workers, bool force_share);
+		 unsigned workers, bool force_share, const char *refusal);
 
 #endif

@@ -1,6 +1,7 @@
 #include "replace.h"
 
 #include "cleanup.h"
+#include "confine.h"
 #include "error.h"
 #include "paths.h"
 
@@ -51,6 +52,9 @@ static void sweep_stale(const char *dir, const char *base)
 
 void replace_sweep(const char *final_path)
 {
+	/* Append-only deletes nothing, not even what a killed run left. */
+	if (confine_append_only())
+		return;
 	char *copy = strdup(final_path), *dir = path_dir(final_path);
 	if (copy && dir)
 		sweep_stale(dir, basename(copy));
@@ -156,14 +160,22 @@ static void replace_free(struct replacement *d)
 	d->img = NULL;
 }
 
+static int rename_error(const char *shown)
+{
+	if (errno == EEXIST)
+		return sp_err("%s: appeared while it was being written, and this key may not "
+			      "replace files (refused by serve --append-only)", shown);
+	return sp_err("%s: rename from temporary file: %s", shown, strerror(errno));
+}
+
 int replace_commit(struct replacement *d)
 {
 	int rc = image_flush(d->img);
 	if (image_close(d->img) < 0)
 		rc = -1;
 	d->img = NULL;
-	if (rc == 0 && rename(d->tmp_path, d->final_path) < 0)
-		rc = sp_err("%s: rename from temporary file: %s", d->shown_path, strerror(errno));
+	if (rc == 0 && confine_rename(d->tmp_path, d->final_path) < 0)
+		rc = rename_error(d->shown_path);
 	if (rc < 0) {
 		replace_abort(d);
 		return -1;
@@ -216,8 +228,8 @@ int replace_file(const char *final_path, const void *buf, size_t len,
 		rc = sp_err("%s: fsync: %s", final_path, strerror(errno));
 	if (rc == 0 && before_rename && before_rename(fd, ctx) != 0)
 		rc = 1;
-	if (rc == 0 && rename(tmp, final_path) < 0)
-		rc = sp_err("%s: rename from temporary file: %s", final_path, strerror(errno));
+	if (rc == 0 && confine_rename(tmp, final_path) < 0)
+		rc = rename_error(final_path);
 	if (rc != 0)
 		unlink(tmp);
 	else

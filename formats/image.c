@@ -3,6 +3,7 @@
 #include "undo.h"
 #include "writeback.h"
 
+#include "../core/confine.h"
 #include "../core/error.h"
 
 #include <errno.h>
@@ -76,11 +77,12 @@ const char *image_unusable_kind(mode_t mode)
 	return NULL;
 }
 
-struct image *image_open(const char *path, enum image_format fmt, int flags)
+static struct image *open_path(const char *path, const char *fpath, enum image_format fmt,
+				int flags)
 {
 	bool rw = flags & IMAGE_RDWR;
 	struct stat st;
-	if (stat(path, &st) < 0) {
+	if (stat(fpath, &st) < 0) {
 		sp_err("%s: %s", path, strerror(errno));
 		return NULL;
 	}
@@ -89,7 +91,7 @@ struct image *image_open(const char *path, enum image_format fmt, int flags)
 		sp_err("%s: %s", path, why);
 		return NULL;
 	}
-	if (S_ISREG(st.st_mode) && undo_pending(path)) {
+	if (S_ISREG(st.st_mode) && undo_pending(fpath)) {
 		sp_err("%s: an update of this image was interrupted and it may be a mix of old and "
 		       "new; run 'sparsync recover %s' to put the previous image back", path, path);
 		return NULL;
@@ -97,7 +99,7 @@ struct image *image_open(const char *path, enum image_format fmt, int flags)
 	/* O_EXCL on a block device (Linux): refused while it is mounted or
 	 * otherwise claimed, so we never write under a live filesystem. */
 	int extra = rw && S_ISBLK(st.st_mode) ? O_EXCL : 0;
-	int fd = open(path, (rw ? O_RDWR : O_RDONLY) | extra | O_CLOEXEC);
+	int fd = open(fpath, (rw ? O_RDWR : O_RDONLY) | extra | O_CLOEXEC);
 	if (fd < 0) {
 		if (errno == EBUSY && extra)
 			sp_err("%s: device is in use (mounted, or held by another program); "
@@ -135,6 +137,21 @@ struct image *image_open(const char *path, enum image_format fmt, int flags)
 	case FMT_QCOW2: return qcow2_open(path, fd, rw, flags & IMAGE_FORCE_SHARE);
 	default: return raw_open(path, fd, rw);
 	}
+}
+
+/* Under a restricted serve (core/confine.h), only what lies beneath its
+ * directory, opened by the path the kernel resolved; messages keep the
+ * name the caller gave. */
+struct image *image_open(const char *path, enum image_format fmt, int flags)
+{
+	if (!confine_active())
+		return open_path(path, path, fmt, flags);
+	char *fpath = confine_host_path(path);
+	if (!fpath)
+		return NULL;
+	struct image *img = open_path(path, fpath, fmt, flags);
+	free(fpath);
+	return img;
 }
 
 struct image *image_create(const char *path, enum image_format fmt, uint64_t size,

@@ -4,10 +4,12 @@
 #include "qcow2.h"
 #include "image_lock.h"
 
+#include "../core/confine.h"
 #include "../core/error.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -32,6 +34,20 @@ struct image *qcow2_open_backing(const struct qcow2_header *h, const struct qcow
 	if (!path) {
 		sp_err("%s: out of memory", self->path);
 		return NULL;
+	}
+	/* A restricted serve opens only what lies beneath its directory
+	 * (core/confine.h): a header cannot name another client's image. */
+	if (confine_active()) {
+		char *real = confine_host_path(path);
+		if (!real) {
+			char why[1024];
+			snprintf(why, sizeof why, "%s", sp_errmsg());
+			sp_err("%s: backing file %s", self->path, why);
+			free(path);
+			return NULL;
+		}
+		free(path);
+		path = real;
 	}
 	struct image *img = NULL;
 	struct stat st;

@@ -187,16 +187,24 @@ snapshot() {
 		\( -type d -printf '%p/\n' \) -o -printf '%p %s %T@\n' | sort)
 }
 
-# refused NAME STREAM [DSTNAME]: both receivers refuse STREAM with an error,
+# refused NAME STREAM [DSTNAME]: every receiver (copy -, serve, a restricted
+# serve) refuses STREAM with an error,
 # no crash, no hang, and leave nothing behind.
 refused() {
 	local name=$1 s=$2 dn=${3:-x.raw} mode
-	for mode in copy serve; do
+	for mode in copy serve restricted; do
 		local d=$T/dst-$mode
 		mkdir -p "$d"
 		snapshot >"$T/snap.before"
 		if [ $mode = copy ]; then
 			check_fails "$name: copy - DST refuses" $TO "$SPARSYNC" copy - "$d/$dn" <"$s"
+		elif [ $mode = restricted ]; then
+			# The forced command of a backup host (issue 20), the
+			# client's request in SSH_ORIGINAL_COMMAND.
+			check_fails "$name: serve --restrict-to refuses" \
+				env SSH_ORIGINAL_COMMAND="sparsync serve --receive $dn" \
+				sh -c 'exec timeout 20 "$1" serve --restrict-to "$2" <"$3" >/dev/null' sh \
+				"$SPARSYNC" "$d" "$s"
 		else
 			# serve writes its hello and its ERROR record to stdout.
 			check_fails "$name: serve --receive refuses" \
@@ -290,21 +298,30 @@ check "peer's message shown without control characters" \
 # completes it) at its old or the announced size, with no temporary file.
 if "$SPARSYNC" serve --help 2>&1 | grep -q -- '--sync'; then
 	for op in data-past-end zero-past-end size-lie-long unknown-type; do
+	for how in serve restricted; do
 		mkdir -p "$T/ip"
 		cp --sparse=always "$img" "$T/ip/x.raw"
 		truncate -s 1M "$T/ip/x.raw"
 		snapshot >"$T/snap.before"
-		check_fails "in place, $op: serve --receive --sync refuses" \
-			sh -c 'exec timeout 20 "$1" serve --receive "$2" --sync <"$3" >/dev/null' sh \
-			"$SPARSYNC" "$T/ip/x.raw" "$T/$op.sps"
-		check "in place, $op: only the image, no temporary file" test "$(ls -A "$T/ip")" = x.raw
+		if [ $how = serve ]; then
+			check_fails "in place, $op: serve --receive --sync refuses" \
+				sh -c 'exec timeout 20 "$1" serve --receive "$2" --sync <"$3" >/dev/null' sh \
+				"$SPARSYNC" "$T/ip/x.raw" "$T/$op.sps"
+		else
+			check_fails "in place, $op: serve --restrict-to refuses" \
+				env SSH_ORIGINAL_COMMAND="sparsync serve --receive /x.raw --sync" \
+				sh -c 'exec timeout 20 "$1" serve --restrict-to "$2" <"$3" >/dev/null' sh \
+				"$SPARSYNC" "$T/ip" "$T/$op.sps"
+		fi
+		check "in place, $op ($how): only the image, no temporary file" test "$(ls -A "$T/ip")" = x.raw
 		sz=$(stat -c %s "$T/ip/x.raw")
-		check "in place, $op: the image is at its old or the announced size ($sz)" \
+		check "in place, $op ($how): the image is at its old or the announced size ($sz)" \
 			test "$sz" = $((1 << 20)) -o "$sz" = "$(stat -c %s "$img")"
 		snapshot >"$T/snap.after"
-		check "in place, $op: nothing else written" \
+		check "in place, $op ($how): nothing else written" \
 			test -z "$(diff "$T/snap.before" "$T/snap.after" | grep '^[<>]' | grep -v '/ip/x.raw ')"
 		rm -rf "$T/ip"
+	done
 	done
 fi
 

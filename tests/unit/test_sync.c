@@ -294,7 +294,7 @@ struct hs_job {
 static void *hs_thread(void *arg)
 {
 	struct hs_job *j = arg;
-	j->rc = hashes_serve(j->t, j->path, FMT_AUTO, 65536, 2, false);
+	j->rc = hashes_serve(j->t, j->path, FMT_AUTO, 65536, 2, false, NULL);
 	return NULL;
 }
 
