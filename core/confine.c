@@ -64,14 +64,139 @@ bool confine_append_only(void)
 	return cf.on && cf.append_only;
 }
 
-/* rel opened O_PATH from DIR, never leaving it. */
-static int open_beneath(const char *rel, int flags)
+#define WALK_DEPTH 256
+#define WALK_LINKS 40
+
+/* openat2's RESOLVE_BENEATH by hand, where the kernel lacks it (before
+ * Linux 5.6, or under valgrind): one component at a time from DIR, each
+ * opened O_NOFOLLOW; a symbolic link's target is walked in its place (an
+ * absolute one, or a .. above DIR, is EXDEV), at most WALK_LINKS links. */
+static int walk_beneath(const char *rel)
 {
-	struct open_how how = {
-		.flags = (unsigned long long)(O_PATH | O_CLOEXEC | flags),
-		.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
-	};
-	return (int)syscall(SYS_openat2, cf.fd, *rel ? rel : ".", &how, sizeof how);
+	int dirs[WALK_DEPTH];
+	int depth = 0, links = 0, result = -1, err = 0;
+	size_t cap = strlen(rel) + 1;
+	char *todo = malloc(cap);  /* what is left to walk */
+	if (!todo) {
+		errno = ENOMEM;
+		return -1;
+	}
+	memcpy(todo, rel, cap);
+	if ((dirs[0] = fcntl(cf.fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+		free(todo);
+		return -1;
+	}
+	char *p = todo;
+	for (;;) {
+		while (*p == '/')
+			p++;
+		if (!*p) {
+			result = dirs[depth--]; /* the last directory reached */
+			break;
+		}
+		char *end = strchr(p, '/');
+		char name[NAME_MAX + 1];
+		size_t n = end ? (size_t)(end - p) : strlen(p);
+		if (n > NAME_MAX) {
+			err = ENAMETOOLONG;
+			break;
+		}
+		memcpy(name, p, n);
+		name[n] = 0;
+		p += n;
+		if (!strcmp(name, "."))
+			continue;
+		if (!strcmp(name, "..")) {
+			if (depth == 0) {
+				err = EXDEV;
+				break;
+			}
+			close(dirs[depth--]);
+			continue;
+		}
+		int fd = openat(dirs[depth], name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		struct stat sb;
+		if (fd < 0 || fstat(fd, &sb) < 0) {
+			err = errno;
+			if (fd >= 0)
+				close(fd);
+			break;
+		}
+		if (S_ISLNK(sb.st_mode)) {
+			char target[PATH_MAX];
+			ssize_t tn = readlinkat(fd, "", target, sizeof target - 1);
+			close(fd);
+			if (tn <= 0 || ++links > WALK_LINKS) {
+				err = tn < 0 ? errno : ELOOP;
+				break;
+			}
+			if (target[0] == '/') {
+				err = EXDEV;
+				break;
+			}
+			/* Walk the target, then what followed the link. */
+			size_t rest = strlen(p);
+			char *nt = malloc((size_t)tn + rest + 2);
+			if (!nt) {
+				err = ENOMEM;
+				break;
+			}
+			memcpy(nt, target, (size_t)tn);
+			nt[tn] = '/';
+			memcpy(nt + tn + 1, p, rest + 1);
+			free(todo);
+			todo = p = nt;
+			continue;
+		}
+		if (!S_ISDIR(sb.st_mode)) {
+			while (*p == '/')
+				p++;
+			if (*p) {
+				close(fd);
+				err = ENOTDIR;
+				break;
+			}
+			result = fd;
+			break;
+		}
+		if (depth + 1 >= WALK_DEPTH) {
+			close(fd);
+			err = ENAMETOOLONG;
+			break;
+		}
+		dirs[++depth] = fd;
+	}
+	while (depth >= 0)
+		close(dirs[depth--]);
+	free(todo);
+	if (result < 0)
+		errno = err ? err : ENOENT;
+	return result;
+}
+
+/* rel opened O_PATH from DIR, never leaving it. */
+static int open_beneath(const char *rel, bool dir_only)
+{
+	static bool no_openat2;
+	int fd = -1;
+	if (!no_openat2) {
+		struct open_how how = {
+			.flags = (unsigned long long)(O_PATH | O_CLOEXEC),
+			.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+		};
+		fd = (int)syscall(SYS_openat2, cf.fd, *rel ? rel : ".", &how, sizeof how);
+		if (fd < 0 && errno == ENOSYS)
+			no_openat2 = true;
+	}
+	if (no_openat2)
+		fd = walk_beneath(rel);
+	struct stat sb;
+	if (fd >= 0 && dir_only && (fstat(fd, &sb) < 0 || !S_ISDIR(sb.st_mode))) {
+		close(fd);
+		errno = ENOTDIR;
+		return -1;
+	}
+	return fd;
 }
 
 static int resolve_error(const char *shown, int e)
@@ -80,8 +205,6 @@ static int resolve_error(const char *shown, int e)
 	case EXDEV:
 		return sp_err("%s: leads outside the directory this key is restricted to "
 			      "(refused by serve --restrict-to)", shown);
-	case ENOSYS:
-		return sp_err("%s: serve --restrict-to needs openat2 (Linux 5.6 or later)", shown);
 	case ENOENT:
 		return sp_err("%s: No such file or directory", shown);
 	default:
@@ -119,7 +242,7 @@ static char *resolve_absent(const char *rel, const char *shown)
 		sp_err("out of memory");
 		return NULL;
 	}
-	int dfd = open_beneath(dir, O_DIRECTORY);
+	int dfd = open_beneath(dir, true);
 	free(dir);
 	if (dfd < 0) {
 		if (errno == ENOENT)
@@ -155,7 +278,7 @@ static char *resolve(const char *rel, const char *shown, bool may_be_absent)
 {
 	while (*rel == '/')
 		rel++;
-	int fd = open_beneath(rel, 0);
+	int fd = open_beneath(rel, false);
 	if (fd < 0) {
 		int e = errno;
 		size_t n = strlen(rel);

@@ -41,7 +41,7 @@ H=127.0.0.1
 # Every file under $T with its size and mtime (and directories by name),
 # except the sshd's log and the test's bookkeeping and downloads.
 snapshot() {
-	(cd "$T" && find . \( -name .out -o -name .last -o -name 'snap.*' -o -name sshd.log -o \
+	(cd "$T" && find . \( -name .out -o -name .said -o -name .last -o -name 'snap.*' -o -name sshd.log -o \
 		-name 'got*' \) -prune -o \( -type d -printf '%p/\n' \) -o -printf '%p %s %T@\n' | sort)
 }
 # refused NAME RULE CMD...: fails with exit 1 (WANT_RC: verify's trouble is
@@ -55,7 +55,10 @@ refused() {
 	if [ $rc -eq "${WANT_RC:-1}" ]; then pass "$name: refused (exit $rc)"; else
 		fail "$name: exit $rc, want ${WANT_RC:-1}"; sed 's/^/    | /' "$T/.out" | head -5
 	fi
-	if [ "$(wc -l <"$T/.out")" = 1 ] && grep -q -- "$rule" "$T/.out"; then pass "$name: one line naming $rule"; else
+	# (valgrind's own notes, "--PID-- ...", are not sparsync's output: under
+	# valgrind, which lacks openat2, the serve walks paths by hand.)
+	grep -v '^--[0-9]*-- ' "$T/.out" >"$T/.said"
+	if [ "$(wc -l <"$T/.said")" = 1 ] && grep -q -- "$rule" "$T/.said"; then pass "$name: one line naming $rule"; else
 		fail "$name: want one line naming '$rule', got:"; sed 's/^/    | /' "$T/.out" | head -5
 	fi
 	snapshot >"$T/snap.after"
