@@ -1,6 +1,7 @@
 #include "endpoint.h"
 
 #include "../core/error.h"
+#include "../formats/nbd.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,12 @@ int endpoint_parse(const char *spec, struct endpoint *ep)
 	if (strcmp(spec, "-") == 0) {
 		ep->kind = EP_STREAM;
 		return 0;
+	}
+	/* An NBD URI names an export this host connects to: a local image. */
+	if (nbd_uri_is(spec)) {
+		ep->kind = EP_LOCAL;
+		ep->path = strdup(spec);
+		return ep->path ? 0 : sp_err("out of memory");
 	}
 	const char *at = NULL, *hoststart = spec, *colon = NULL;
 	if (strncmp(spec, "ssh://", 6) == 0) {

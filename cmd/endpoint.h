@@ -3,7 +3,8 @@
  * ssh://[USER@]HOST[:PORT]/PATH (ssh://host/~/x for a path in the home
  * directory). A colon after the first slash is part of a local path
  * ("./a:b"). An empty remote path ("host:") is the remote home directory,
- * as with scp. */
+ * as with scp. An NBD URI (nbd://, nbd+unix://, ...: formats/nbd.h) is a
+ * local image: the export this host connects to. */
 #ifndef SPARSYNC_ENDPOINT_H
 #define SPARSYNC_ENDPOINT_H
 

@@ -12,6 +12,7 @@
 #include "../core/confine.h"
 #include "../core/error.h"
 #include "../core/paths.h"
+#include "../formats/nbd.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -82,6 +83,9 @@ static int resolve_paths(struct serve_args *a, struct resolved *res)
 {
 	const char **path = a->receive ? &a->receive : a->send ? &a->send : &a->hashes;
 	const char *asked = *path;
+	/* An NBD URI would have the backup host connect wherever it says. */
+	if (nbd_uri_is(asked))
+		return sp_err("%s: NBD exports are refused by serve --restrict-to", asked);
 	if (!(res->path = confine_client_path(asked)))
 		return -1;
 	/* A directory means DIR/NAME for a push (dest.h); joined here, so

@@ -6,6 +6,7 @@
 #include "protocol.h"
 #include "sync_hash.h"
 #include "../formats/image_lock.h"
+#include "../formats/nbd.h"
 #include "../formats/qcow2.h"
 #include "../formats/undo.h"
 
@@ -122,14 +123,15 @@ static int not_updatable(struct dest *d)
 	return 0;
 }
 
+/* A block device or an NBD export: the disk itself, written in place. */
 static int open_device(struct dest *d)
 {
+	const char *what = d->nbd ? "an NBD export" : "a block device";
 	if (d->o.create && d->o.create->backing)
-		return sp_err("%s: is a block device; --backing writes a qcow2 overlay file",
-			      d->path);
+		return sp_err("%s: is %s; --backing writes a qcow2 overlay file", d->path, what);
 	if (d->o.out_fmt == FMT_QCOW2)
-		return sp_err("%s: is a block device, which sparsync writes raw (the device is "
-			      "the disk); -O qcow2 cannot apply", d->path);
+		return sp_err("%s: is %s, which sparsync writes raw (it is the disk); -O qcow2 "
+			      "cannot apply", d->path, what);
 	d->img = image_open(d->real_path, FMT_RAW, IMAGE_RDWR);
 	if (!d->img)
 		return -1;
@@ -203,6 +205,12 @@ static int open_kind(struct dest *d, const char *path, const struct dest_opts *o
 		d->path = strdup(path);
 	if (!d->path)
 		return sp_err("%s: out of memory", path);
+	if (nbd_uri_is(d->path)) {
+		d->nbd = true;
+		if (!(d->real_path = strdup(d->path)))
+			return sp_err("%s: out of memory", path);
+		return open_device(d);
+	}
 	struct stat sb;
 	if (classify(d, &sb) < 0)
 		return -1;
@@ -336,8 +344,8 @@ struct image *dest_known_image(const struct dest *d)
 static int human_size_err(const struct dest *d, uint64_t have, uint64_t need)
 {
 	char a[32], b[32];
-	return sp_err("%s: device is too small: it holds %s (%llu bytes), the source %s (%llu "
-		      "bytes); nothing was written", d->path, human_bytes(have, a, sizeof a),
+	return sp_err("%s: %s is too small: it holds %s (%llu bytes), the source %s (%llu "
+		      "bytes); nothing was written", d->path, d->nbd ? "the NBD export" : "device", human_bytes(have, a, sizeof a),
 		      (unsigned long long)have, human_bytes(need, b, sizeof b),
 		      (unsigned long long)need);
 }
@@ -634,7 +642,7 @@ const char *dest_how(const struct dest *d)
 	switch (d->mode) {
 	case DEST_UPDATE: return d->o.inplace ? "inplace" : "journal";
 	case DEST_OVERLAY: return "overlay";
-	case DEST_DEVICE: return "device";
+	case DEST_DEVICE: return d->nbd ? "nbd" : "device";
 	default: return "new";
 	}
 }

@@ -13,6 +13,8 @@
  *   block device      -> written in place: opened O_EXCL, never
  *                        truncated or renamed, refused when smaller
  *                        than the source, always raw               DEST_DEVICE
+ *   NBD URI           -> the export, written in place like a block
+ *                        device (formats/nbd.h)                    DEST_DEVICE
  *   directory, character device, FIFO, socket -> refused
  *
  * Order of use: dest_open (before the source's size is known: the receiver
@@ -38,7 +40,7 @@ enum dest_mode {
 	DEST_NEW,     /* a new image under a temporary name, renamed over DST when complete */
 	DEST_UPDATE,  /* the existing image file, updated where it differs */
 	DEST_OVERLAY, /* a new qcow2 overlay of a backing image, temporary + rename */
-	DEST_DEVICE,  /* a block device, written in place */
+	DEST_DEVICE,  /* a block device or an NBD export, written in place */
 };
 
 struct dest_opts {
@@ -78,6 +80,7 @@ struct dest {
 	char *path;                   /* as the user named it: every message */
 	char *real_path;              /* symlinks followed: what is written or replaced */
 	enum dest_mode mode;
+	bool nbd;                     /* DEVICE: an NBD export */
 	enum image_format existing;   /* DST's own format when it exists, else FMT_AUTO */
 	struct dest_opts o;
 	struct image *img;            /* the image written (UPDATE/DEVICE: from dest_open) */

@@ -1,5 +1,6 @@
 #include "image.h"
 #include "image_lock.h"
+#include "nbd.h"
 #include "undo.h"
 #include "writeback.h"
 
@@ -144,6 +145,18 @@ static struct image *open_path(const char *path, const char *fpath, enum image_f
  * name the caller gave. */
 struct image *image_open(const char *path, enum image_format fmt, int flags)
 {
+	if (nbd_uri_is(path)) {
+		if (confine_active()) {
+			sp_err("%s: NBD exports are refused by serve --restrict-to", path);
+			return NULL;
+		}
+		if (fmt == FMT_QCOW2) {
+			sp_err("%s: an NBD export is read as the disk it exports (raw); serve the "
+			       "qcow2 image with qemu-nbd, which translates it", path);
+			return NULL;
+		}
+		return nbd_image_open(path, flags & IMAGE_RDWR);
+	}
 	if (!confine_active())
 		return open_path(path, path, fmt, flags);
 	char *fpath = confine_host_path(path);

@@ -3,7 +3,8 @@
 # missing. `bench` as $1 adds the peers the benchmark compares against.
 set -e
 pkgs="build-essential pkg-config libssh2-1-dev libzstd-dev liblz4-dev libxxhash-dev zlib1g-dev
-qemu-utils openssh-server openssh-client e2fsprogs util-linux valgrind clang"
+qemu-utils openssh-server openssh-client e2fsprogs util-linux valgrind clang
+libnbd-dev libnbd-bin nbdkit"
 [ "$1" = bench ] && pkgs="$pkgs rsync tar time"
 missing=""
 for p in $pkgs; do

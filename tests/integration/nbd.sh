@@ -1,0 +1,179 @@
+#!/bin/bash
+# NBD exports as images (issue 14), against real servers started here:
+# qemu-nbd exporting qcow2 and raw images (read-only, read-write, with -B
+# for a persistent dirty bitmap dirtied by qemu-io), nbdkit (the memory
+# plugin as a destination, the error filter for EIO, the delay filter for a
+# server killed mid-copy, noextents for a server without base:allocation).
+# Every result is checked with qemu-img compare / cmp; bytes read against
+# the allocation and the dirty extents; failures leave nothing that looks
+# complete.
+. "$(dirname "$0")/../lib.sh"
+. "$TOP/tests/sshd_lib.sh"
+TO="timeout 120"
+
+for c in qemu-nbd nbdkit nbdinfo qemu-io; do
+	command -v $c >/dev/null || { fail "$c is not installed (tests/install-deps.sh)"; exit 0; }
+done
+
+# Servers: every one started here is killed on exit, also on failure.
+PIDS=
+trap 'for p in $PIDS; do kill -9 $p 2>/dev/null; done; sshd_stop; rm -rf "$T"' EXIT
+# qnbd NAME ARGS...: qemu-nbd on $T/NAME.sock; nbdk NAME ARGS...: nbdkit.
+qnbd() {
+	local n=$1; shift
+	rm -f "$T/$n.sock"
+	qemu-nbd --fork --pid-file "$T/$n.pid" -k "$T/$n.sock" "$@" || return 1
+	PIDS="$PIDS $(cat "$T/$n.pid")"
+}
+nbdk() {
+	local n=$1; shift
+	rm -f "$T/$n.sock"
+	nbdkit -U "$T/$n.sock" -P "$T/$n.pid" "$@" || return 1
+	for _ in $(seq 50); do [ -s "$T/$n.pid" ] && [ -S "$T/$n.sock" ] && break; sleep 0.05; done
+	PIDS="$PIDS $(cat "$T/$n.pid")"
+}
+stop() { kill -9 "$(cat "$T/$1.pid")" 2>/dev/null; sleep 0.1; rm -f "$T/$1.sock"; }
+uri() { echo "nbd+unix:///${2:-}?socket=$T/$1.sock"; }
+field() { json_field "$1" <"$T/.last"; }
+is() {
+	local v; v=$(field "$2")
+	if [ "$v" = "$3" ]; then pass "$1 ($2 = $v)"; else
+		fail "$1 ($2 = ${v:-missing}, want $3)"; sed 's/^/    | /' "$T/.last" | head -3
+	fi
+}
+# data bytes of an image per qemu-img map (allocated, not zero)
+data_bytes() { qemu-img map -U --output=json "$@" | python3 -c '
+import json,sys; print(sum(e["length"] for e in json.load(sys.stdin) if e["data"]))'; }
+
+# A 256 MiB disk: data, a zero-flagged range, data in the last cluster.
+qemu-img create -q -f qcow2 "$T/vm.qcow2" 256M
+qemu-io -c "write -P 0x11 1M 20M" -c "write -z 4M 1M" -c "write -P 0x22 200M 3M" \
+	-c "write -P 0x33 $((256 * MiB - 65536)) 64k" "$T/vm.qcow2" >/dev/null
+qemu-img convert -O raw "$T/vm.qcow2" "$T/vm.raw"
+
+# ---- an export as the source ----
+qnbd ro -r -f qcow2 -t "$T/vm.qcow2" || { fail "qemu-nbd would not start"; exit 0; }
+check "map of an export" "$SPARSYNC" map --json "$(uri ro)"
+check "  the data ranges qemu-img map gives for the same export" \
+	test "$(sparsync_data_ranges "$(uri ro)")" = "$(qemu_data_ranges "$(uri ro)")"
+check "copy an export to a raw file" $TO "$SPARSYNC" copy --json "$(uri ro)" "$T/out.raw"
+is "  only the allocated data was read" bytes_read "$(data_bytes "$T/vm.qcow2")"
+check "  it is the disk" cmp "$T/out.raw" "$T/vm.raw"
+check "  holes stay holes" test "$(qemu_data_ranges "$T/out.raw")" = "$(qemu_data_ranges -U "$T/vm.qcow2")"
+check "copy an export to qcow2" $TO "$SPARSYNC" copy "$(uri ro)" "$T/out.qcow2"
+check "  qemu-img compare" qemu-img compare -q -U "$T/out.qcow2" "$T/vm.qcow2"
+check "verify a file against an export" $TO "$SPARSYNC" verify "$T/vm.raw" "$(uri ro)"
+check_fails "-f qcow2 on an export is refused" $TO "$SPARSYNC" copy -f qcow2 "$(uri ro)" "$T/no.raw"
+said "  says the export is read as raw" "read as the disk it exports"
+check_fails "a read-only export as destination is refused" $TO "$SPARSYNC" copy "$T/vm.raw" "$(uri ro)"
+said "  up front, with one line" "read-only"
+check "  the export is unchanged" qemu-img compare -q -U "$T/vm.qcow2" "$T/vm.raw"
+check_fails "a wrong export name" $TO "$SPARSYNC" copy "$(uri ro nosuch)" "$T/no.raw"
+said "  named" "no export named 'nosuch'"
+check "  no destination" test ! -e "$T/no.raw"
+stop ro
+check_fails "no server" $TO "$SPARSYNC" copy "$(uri ro)" "$T/no.raw"
+said "  one line naming the export" "cannot connect to the NBD export"
+check_fails "no server on a TCP port" $TO "$SPARSYNC" copy "nbd://127.0.0.1:1/x" "$T/no.raw"
+check "  no destination" test ! -e "$T/no.raw"
+
+# Several connections where the server allows them (multi-conn).
+qnbd mc -r -e 4 -f qcow2 -t "$T/vm.qcow2"
+check "copy over a multi-conn export" $TO "$SPARSYNC" copy "$(uri mc)" "$T/mc.raw"
+check "  it is the disk" cmp "$T/mc.raw" "$T/vm.raw"
+stop mc
+
+# A server without base:allocation: read whole, zeros found by reading.
+nbdk nx --filter=noextents file "$T/vm.raw"
+check "copy from a server without base:allocation" $TO "$SPARSYNC" copy --json "$(uri nx)" "$T/nx.raw"
+is "  every byte was read" bytes_read $((256 * MiB))
+check "  it is the disk" cmp "$T/nx.raw" "$T/vm.raw"
+check "  and the zeros are holes" test "$(qemu_data_ranges "$T/nx.raw")" = "$(qemu_data_ranges -U "$T/vm.qcow2")"
+stop nx
+
+# EIO from the server: one line, no destination.
+nbdk eio --filter=error file "$T/vm.raw" error=EIO error-pread-rate=1 error-pread-file="$T/trigger"
+touch "$T/trigger"
+check_fails "an I/O error from the server" $TO "$SPARSYNC" copy "$(uri eio)" "$T/eio.raw"
+said "  named" "Input/output error"
+check "  no destination, no temporary" sh -c "! ls -A '$T' | grep -q 'eio.raw'"
+stop eio
+
+# A server that dies mid-copy: a new destination is not left, an old one
+# is rolled back.
+nbdk slow --filter=delay file "$T/vm.raw" rdelay=300ms
+( sleep 1; kill -9 "$(cat "$T/slow.pid")" ) &
+check_fails "the server killed mid-copy" $TO "$SPARSYNC" copy "$(uri slow)" "$T/died.raw"
+wait
+said "  named" "Transport endpoint is not connected|Connection reset|failed"
+check "  no destination, no temporary" sh -c "! ls -A '$T' | grep -q 'died.raw'"
+cp --sparse=always "$T/vm.raw" "$T/old.raw"; put_random "$T/old.raw" $((2 * MiB)) $((50 * MiB))
+cp --sparse=always "$T/old.raw" "$T/old.bak"
+rm -f "$T/slow.sock"; nbdk slow --filter=delay file "$T/vm.raw" rdelay=300ms
+( sleep 1; kill -9 "$(cat "$T/slow.pid")" ) &
+check_fails "the server killed mid-sync" $TO "$SPARSYNC" copy "$(uri slow)" "$T/old.raw"
+wait
+check "  the old copy is intact" cmp "$T/old.raw" "$T/old.bak"
+
+# ---- an export as the destination ----
+nbdk mem memory 256M
+check "copy into nbdkit's memory plugin" $TO "$SPARSYNC" copy --json "$T/vm.qcow2" "$(uri mem)"
+check "  written in place" grep -q '"destination":"nbd"' "$T/.last"
+check "  qemu-img compare with the export" qemu-img compare -q "$T/vm.raw" "$(uri mem)"
+check "sync it again: nothing changed" $TO "$SPARSYNC" copy --json "$T/vm.qcow2" "$(uri mem)"
+is "  nothing written" bytes_written 0
+truncate -s 300M "$T/big.raw"
+check_fails "a source larger than the export" $TO "$SPARSYNC" copy "$T/big.raw" "$(uri mem)"
+said "  named, nothing written" "export is too small"
+check_fails "-O qcow2 into an export" $TO "$SPARSYNC" copy -O qcow2 "$T/vm.raw" "$(uri mem)"
+check_fails "--backing into an export" $TO "$SPARSYNC" copy "$T/vm.raw" "$(uri mem)" --backing x.qcow2
+check "  the export still holds the disk" qemu-img compare -q "$T/vm.raw" "$(uri mem)"
+stop mem
+# A read-write qemu-nbd export holding an older copy: synced like a file.
+cp --sparse=always "$T/vm.raw" "$T/target.raw"
+cp --sparse=always "$T/vm.raw" "$T/new.raw"
+put_random "$T/new.raw" 65536 $((2 * MiB)); put_random "$T/new.raw" 65536 $((100 * MiB))
+qnbd rw -f raw -t "$T/target.raw"
+check "sync an export that holds an older copy" $TO "$SPARSYNC" copy --json "$T/new.raw" "$(uri rw)"
+is "  only what differs is written" bytes_written $((2 * 65536))
+check "  it holds the new disk" cmp "$T/target.raw" "$T/new.raw"
+stop rw
+
+# ---- incremental from QEMU's dirty bitmap ----
+cp --sparse=always "$T/vm.raw" "$T/backup.raw"
+qemu-img bitmap --add "$T/vm.qcow2" chk1
+qemu-io -c "write -P 0x44 2M 64k" -c "write -P 0x55 120M 1M" -c "write -z 1M 64k" "$T/vm.qcow2" >/dev/null
+qnbd bm -r -f qcow2 -B chk1 -t "$T/vm.qcow2"
+nbdinfo --map=qemu:dirty-bitmap:chk1 --json "$(uri bm)" | python3 -c '
+import json,sys
+for e in json.load(sys.stdin):
+    if e["type"] & 1: print(e["offset"], e["offset"] + e["length"])' >"$T/dirty.want"
+"$SPARSYNC" map --bitmap chk1 "$(uri bm)" | python3 -c '
+import sys
+for l in sys.stdin:
+    f = l.split()
+    if len(f) == 3 and f[2] == "dirty": print(int(f[0], 16), int(f[0], 16) + int(f[1], 16))' >"$T/dirty.got"
+check "map --bitmap gives the server's dirty extents" cmp "$T/dirty.want" "$T/dirty.got"
+check "copy --bitmap onto the last backup" $TO "$SPARSYNC" copy --json --bitmap chk1 "$(uri bm)" "$T/backup.raw"
+is "  read only the dirty data" bytes_read $((65536 + MiB))
+check "  the backup is the disk now" qemu-img compare -q -U "$T/backup.raw" "$T/vm.qcow2"
+check_fails "a bitmap the server does not export" $TO "$SPARSYNC" copy --bitmap nosuch "$(uri bm)" "$T/backup.raw"
+said "  named, not a silent full copy" "offers no dirty bitmap 'nosuch'"
+check "  the backup is untouched" qemu-img compare -q -U "$T/backup.raw" "$T/vm.qcow2"
+
+# ---- over ssh, both ways ----
+sshd_start || exit 0
+R="$(sparsync_ssh_opts) --remote-path $SPARSYNC"
+check "push an export to a remote qcow2" $TO "$SPARSYNC" copy $R "$(uri bm)" "127.0.0.1:$T/pushed.qcow2"
+check "  qemu-img compare" qemu-img compare -q -U "$T/pushed.qcow2" "$T/vm.qcow2"
+check "pull a remote host's export" $TO "$SPARSYNC" copy $R "127.0.0.1:$(uri bm)" "$T/pulled.raw"
+check "  qemu-img compare" qemu-img compare -q -U "$T/pulled.raw" "$T/vm.qcow2"
+stop bm
+nbdk rmem memory 256M
+check "push into a remote host's export" $TO "$SPARSYNC" copy $R -U "$T/vm.qcow2" "127.0.0.1:$(uri rmem)"
+check "  qemu-img compare" qemu-img compare -q -U "$T/vm.qcow2" "$(uri rmem)"
+check "verify against a remote host's export" $TO "$SPARSYNC" verify $R -U "$T/vm.qcow2" "127.0.0.1:$(uri rmem)"
+stop rmem
+# A restricted serve never connects anywhere for its client.
+check_fails "serve --restrict-to refuses an NBD URI" env SSH_ORIGINAL_COMMAND="sparsync serve --send '$(uri rmem)'" \
+	"$SPARSYNC" serve --restrict-to "$T" </dev/null
