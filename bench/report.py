@@ -174,6 +174,13 @@ def targets(rows):
                         hi <= lo * 1.5 + 0.1))
         else:
             res.append(("unchanged --track scaling: a row failed", False))
+    ratio_target("fs.qcow2 via NBD: local raw", "nbdcopy", 1.0,
+                 "an NBD export of the fs image to a local raw file, sparsync vs nbdcopy")
+    for r in rows:
+        if r["case"].startswith("fs.qcow2 via NBD:") and "--bitmap" in r["case"] and \
+                r["tool"] == "sparsync":
+            res.append(("%s: read no more than the dirty clusters (checked): %s" % (
+                r["case"], r["status"]), r["status"] == "ok"))
     ratio_target("fs: local 1% re-sync, safe vs --inplace", "sparsync --inplace", 1 / 1.2,
                  "safe 1 % re-sync costs at most 20 % more than --inplace")
     ratio_target("fs: local raw->raw", "qemu-img convert", 1.0,

@@ -9,7 +9,7 @@ export LC_ALL=C
 
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 KEEP=${KEEP:-0}
-BENCH_CASES=${BENCH_CASES:-local frag tib push dev track}
+BENCH_CASES=${BENCH_CASES:-local frag tib push dev track nbd}
 BENCH_TRACK_SCALE=${BENCH_TRACK_SCALE:-1G 4G 16G} # data in the --track scaling images
 BENCH_FS_SIZE=${BENCH_FS_SIZE:-8G}
 BENCH_FS_TREE=${BENCH_FS_TREE:-/usr/share}
@@ -49,7 +49,7 @@ human_bytes() { numfmt --to=iec-i --suffix=B --format=%.1f "$1" 2>/dev/null || e
 alloc() { [ -e "$1" ] && echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )) || echo ""; }
 
 # ---------------------------------------------------------------- setup
-for c in "$SPARSYNC" /usr/bin/time timeout qemu-img mke2fs rsync tar cmp "$PY" numfmt; do
+for c in "$SPARSYNC" /usr/bin/time timeout qemu-img mke2fs rsync tar cmp "$PY" numfmt qemu-nbd nbdcopy; do
 	command -v "$c" >/dev/null 2>&1 || die "missing $c (make bench installs the peers; make builds sparsync)"
 done
 mkdir -p "$IMG" "$L" "$R" "$W/bin" "$OUT" || die "cannot create $B"
@@ -62,6 +62,7 @@ SSHD_UP=0
 LOOPS=()   # loop devices the dev case attached: always detached
 cleanup() {
 	local l
+	for l in ${NBD_PIDS:-}; do kill "$l" 2>/dev/null; done
 	for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
 	[ "$SSHD_UP" = 1 ] && sshd_stop
 	[ -f "$IMG/fs.raw.journal" ] && $PY "$TOP/bench/imgtool.py" restore "$IMG/fs.raw" "$IMG/fs.raw.journal"
@@ -134,10 +135,10 @@ mk_qcow2() { qemu-img convert -f raw -O qcow2 "$IMG/fs.raw" "$IMG/fs.qcow2"; }
 mk_frag() { $PY "$TOP/bench/imgtool.py" frag "$IMG/frag.raw" "$BENCH_FRAG_SIZE" "$BENCH_FRAG_STRIDE" 7 >"$IMG/frag.count"; }
 mk_tib() { $PY "$TOP/bench/imgtool.py" sparse "$IMG/tib.raw" "$BENCH_TIB_SIZE" "$BENCH_TIB_DATA" "$BENCH_TIB_CHUNK" 11 >/dev/null; }
 
-if want local || want push || want dev || want track; then
+if want local || want push || want dev || want track || want nbd; then
 	build fs.raw "ext4 $BENCH_FS_SIZE -d $BENCH_FS_TREE" mk_fs
 fi
-{ want local || want track; } && build fs.qcow2 "qcow2 of $(cat "$IMG/fs.raw.stamp")" mk_qcow2
+{ want local || want track || want nbd; } && build fs.qcow2 "qcow2 of $(cat "$IMG/fs.raw.stamp")" mk_qcow2
 want frag && build frag.raw "frag $BENCH_FRAG_SIZE stride $BENCH_FRAG_STRIDE" mk_frag
 want tib && build tib.raw "sparse $BENCH_TIB_SIZE data $BENCH_TIB_DATA chunk $BENCH_TIB_CHUNK" mk_tib
 
@@ -175,7 +176,7 @@ fi
 cat "$W/machine.md" >&2
 
 # ---------------------------------------------------------------- sshd
-if want push || want tib || want dev || want track; then
+if want push || want tib || want dev || want track || want nbd; then
 	# tests/sshd_lib.sh wants $T (its scratch dir), $TEST_NAME and fail().
 	T=$B/sshd; export TEST_NAME=bench; mkdir -p "$T"
 	fail() { say "bench: $*"; }
@@ -503,6 +504,67 @@ if want track; then
 		skip_ssh "$c1" sparsync "sparsync, digest only" "rsync -S"
 		skip_ssh "$c2" sparsync "sparsync, digest only" "rsync -S"
 	fi
+fi
+
+# ---------------------------------------------------------------- nbd
+# The fs image as QEMU exports a VM's disk for a backup: qemu-nbd over a
+# unix socket (read-only, --shared=1 as libvirt's backup export), the same
+# server for every tool.
+if want nbd; then
+	c1="fs.qcow2 via NBD: local raw"
+	c2="fs.qcow2 via NBD: push (ssh)"
+	c3="fs.qcow2 via NBD: ${BENCH_CHANGE_PCT}% changed, --bitmap"
+	src=$W/nbdvm.qcow2
+	cp "$IMG/fs.qcow2" "$src"
+	qemu-img bitmap --add "$src" bk1 || die "qemu-img bitmap --add failed"
+	nbd_up() { # ARGS...: (re)start qemu-nbd on $W/nbd.sock
+		[ -s "$W/nbd.pid" ] && kill "$(cat "$W/nbd.pid")" 2>/dev/null && sleep 0.2
+		rm -f "$W/nbd.sock" "$W/nbd.pid"
+		qemu-nbd --fork --pid-file "$W/nbd.pid" -k "$W/nbd.sock" -r -f qcow2 -t "$@" "$src" ||
+			die "qemu-nbd would not start"
+		NBD_PIDS="${NBD_PIDS:-} $(cat "$W/nbd.pid")"
+	}
+	U="nbd+unix:///?socket=$W/nbd.sock"
+	nbd_up
+	same_n() { same_img "$src" qcow2 "$1" raw; }
+	for ((i = 1; i <= BENCH_LOCAL_REPEAT; i++)); do
+		local_fresh "$c1" sparsync "$L/n.raw" "$(same_n "$L/n.raw")" "$SP '$U' '$L/n.raw'"
+		local_fresh "$c1" nbdcopy "$L/c.raw" "$(same_n "$L/c.raw")" "nbdcopy '$U' '$L/c.raw'"
+	done
+	rm -f "$L/n.raw" "$L/c.raw"
+	if [ "$SSHD_UP" = 1 ]; then
+		mkdir -p "$R/ns" "$R/nd"
+		bench_fresh "$c2" sparsync json "$R/ns/fs.raw" "$(same_n "$R/ns/fs.raw")" \
+			"$SP $(sparsync_ssh_opts) --remote-path '$W/bin/sparsync-remote' '$U' '127.0.0.1:$R/ns/fs.raw'"
+		bench_fresh "$c2" "nbdcopy - | ssh dd" dd "$R/nd/fs.raw" "$(same_n "$R/nd/fs.raw")" \
+			"nbdcopy '$U' - | dd bs=1M 2>'$W/err.dd' | $SSH sparsync-test 'dd of=$R/nd/fs.raw bs=1M conv=sparse iflag=fullblock status=none'"
+		rm -rf "$R/nd"
+		# Last night's backup, then a day of guest writes, then tonight's
+		# incremental from the bitmap against a full re-read.
+		bash -c "$SP '$U' '$L/base.raw'" >/dev/null || die "the full NBD copy failed"
+		kill "$(cat "$W/nbd.pid")"; sleep 0.2
+		read -r nchg nunits < <($PY "$TOP/bench/imgtool.py" qchange "$src" \
+			"$BENCH_CHANGE_PCT" "$BENCH_CHANGE_WRITE" 64K 23) || die "changing $src failed"
+		echo "- ${BENCH_CHANGE_PCT}% changed (NBD --bitmap rows): $BENCH_CHANGE_WRITE written by qemu-io into each of $nchg of the $nunits 64 KiB data clusters of a copy of fs.qcow2, recorded in its bitmap bk1, exported by qemu-nbd -B bk1" >>"$W/machine.md"
+		nbd_up -B bk1
+		# What the bitmap marks, as libnbd's nbdinfo reads it from the server.
+		dirty=$(nbdinfo --json --map=qemu:dirty-bitmap:bk1 "$U" |
+			$PY -c 'import json,sys; print(sum(e["length"] for e in json.load(sys.stdin) if e["type"] & 1))')
+		[ -n "$dirty" ] || die "nbdinfo could not read the dirty bitmap"
+		echo "- the bitmap marks $(human_bytes "$dirty") dirty (nbdinfo --map=qemu:dirty-bitmap:bk1)" >>"$W/machine.md"
+		cp --sparse=always "$L/base.raw" "$L/full.raw"
+		REPS=1 bench_run "$c3" sparsync json "$L/base.raw" \
+			"{ $(same_n "$L/base.raw") || { echo 'the result differs from the source'; false; }; } && $JF && { [ \"\$(jf bytes_read)\" -le $dirty ] || { echo \"read \$(jf bytes_read) bytes, the bitmap marks $dirty\"; false; }; }" \
+			"$SP --bitmap bk1 '$U' '$L/base.raw'"
+		REPS=1 bench_run "$c3" "sparsync, no bitmap" json "$L/full.raw" "$(same_n "$L/full.raw")" \
+			"$SP '$U' '$L/full.raw'"
+		REPS=1 bench_fresh "$c3" nbdcopy none "$L/c.raw" "$(same_n "$L/c.raw")" "nbdcopy '$U' '$L/c.raw'"
+		rm -f "$L/base.raw" "$L/full.raw" "$L/c.raw"
+	else
+		skip_ssh "$c2" sparsync "nbdcopy - | ssh dd"
+	fi
+	kill "$(cat "$W/nbd.pid")" 2>/dev/null
+	rm -f "$src"
 fi
 
 # ---------------------------------------------------------------- report

@@ -422,7 +422,10 @@ static struct nbd_handle *connect_one(const char *uri, const char *extra_ctx)
 		sp_err("%s: %s", uri, nbd_get_error());
 		return NULL;
 	}
-	if (nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
+	/* The URI is the user's own argument, like a path: files it names
+	 * (tls-psk-file, tls-certificates) may be read. */
+	if (nbd_set_uri_allow_local_file(h, true) < 0 ||
+	    nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
 	    (extra_ctx && nbd_add_meta_context(h, extra_ctx) < 0) || nbd_connect_uri(h, uri) < 0) {
 		sp_err("%s: cannot connect to the NBD export: %s", uri, nbd_get_error());
 		nbd_close(h);

@@ -139,6 +139,22 @@ is "  only what differs is written" bytes_written $((2 * 65536))
 check "  it holds the new disk" cmp "$T/target.raw" "$T/new.raw"
 stop rw
 
+# TLS (nbds://) with a pre-shared key, as libnbd's URIs give it.
+printf 'alice:%s\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$T/psk"
+chmod 600 "$T/psk"
+truncate -s 64M "$T/small.raw"; put_random "$T/small.raw" $((3 * MiB)) $((5 * MiB))
+if nbdk tls --tls=require --tls-psk="$T/psk" memory 64M; then
+	TLS="nbds+unix://alice@/?socket=$T/tls.sock&tls-psk-file=$T/psk"
+	check "copy into a TLS export (nbds+unix, PSK)" $TO "$SPARSYNC" copy "$T/small.raw" "$TLS"
+	check "read it back over TLS" $TO "$SPARSYNC" copy "$TLS" "$T/tls-back.raw"
+	check "  the same bytes" cmp "$T/small.raw" "$T/tls-back.raw"
+	check_fails "a plain nbd URI to a server that requires TLS" $TO "$SPARSYNC" copy "$(uri tls)" "$T/no.raw"
+	said "  the handshake refusal, on one line" "TLS"
+	stop tls
+else
+	fail "nbdkit --tls=require would not start"
+fi
+
 # ---- incremental from QEMU's dirty bitmap ----
 cp --sparse=always "$T/vm.raw" "$T/backup.raw"
 qemu-img bitmap --add "$T/vm.qcow2" chk1
