@@ -83,6 +83,18 @@ check "copy over a multi-conn export" $TO "$SPARSYNC" copy "$(uri mc)" "$T/mc.ra
 check "  it is the disk" cmp "$T/mc.raw" "$T/vm.raw"
 stop mc
 
+# Block-size constraints: a server that fails any request above 64 KiB or
+# not aligned to 4 KiB (nbdkit's blocksize-policy filter, policy error).
+BSP="blocksize-minimum=4096 blocksize-preferred=4096 blocksize-maximum=65536 blocksize-error-policy=error"
+nbdk bsr --filter=blocksize-policy file "$T/vm.raw" $BSP
+check "copy from a server with a 64 KiB maximum request" $TO "$SPARSYNC" copy "$(uri bsr)" "$T/bsr.raw"
+check "  it is the disk" cmp "$T/bsr.raw" "$T/vm.raw"
+stop bsr
+nbdk bsw --filter=blocksize-policy memory 256M $BSP
+check "copy into a server with a 64 KiB maximum request" $TO "$SPARSYNC" copy "$T/vm.raw" "$(uri bsw)"
+check "  qemu-img compare with the export" qemu-img compare -q "$T/vm.raw" "$(uri bsw)"
+stop bsw
+
 # A server without base:allocation: read whole, zeros found by reading.
 nbdk nx --filter=noextents file "$T/vm.raw"
 check "copy from a server without base:allocation" $TO "$SPARSYNC" copy --json "$(uri nx)" "$T/nx.raw"
