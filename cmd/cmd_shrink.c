@@ -45,7 +45,9 @@ static int shrink_finish(struct sink *s)
 	return image_flush(((struct image_sink *)s)->img);
 }
 
-static const struct sink_ops shrink_ops = { shrink_data, shrink_zero, shrink_finish };
+static const struct sink_ops shrink_ops = {
+	.data = shrink_data, .zero = shrink_zero, .finish = shrink_finish,
+};
 
 static int shrink_raw(struct image *img, struct copy_opts *o, struct sp_stats *st)
 {

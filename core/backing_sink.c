@@ -85,7 +85,9 @@ static int bsink_finish(struct sink *base)
 	return dst ? image_flush(dst) : 0;
 }
 
-static const struct sink_ops backing_sink_ops = { bsink_data, bsink_zero, bsink_finish };
+static const struct sink_ops backing_sink_ops = {
+	.data = bsink_data, .zero = bsink_zero, .finish = bsink_finish,
+};
 
 void backing_sink_init(struct backing_sink *s, struct image *dst, struct image *backing,
 		       uint32_t grain, struct sp_stats *st)

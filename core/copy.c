@@ -54,6 +54,8 @@ struct pipeline {
 static int deliver_block(struct sink *sink, uint64_t off, const unsigned char *buf, size_t len,
 			 size_t grain, struct sp_stats *st)
 {
+	if (sink->ops->block)
+		sink->ops->block(sink, off, buf, len);
 	size_t pos = 0;
 	while (pos < len) {
 		size_t z = zero_run(buf + pos, len - pos, grain, true);

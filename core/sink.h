@@ -20,6 +20,12 @@ struct sink_ops {
 	int (*zero)(struct sink *, uint64_t off, uint64_t len);
 	/* Every range has been delivered: make it durable. */
 	int (*finish)(struct sink *);
+	/* Optional hint: the bytes of a block as read from the source, before
+	 * the engine splits it into data and zero pieces. A sink that decides
+	 * per unit (sync_filter.c) judges the units wholly inside it from
+	 * these bytes, instead of reading a unit again when it arrives as
+	 * several pieces (data, then zeros). */
+	void (*block)(struct sink *, uint64_t off, const void *buf, size_t len);
 };
 
 struct sink {

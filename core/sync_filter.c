@@ -141,10 +141,33 @@ static int filter_finish(struct sink *base)
 	return f->inner->ops->finish(f->inner);
 }
 
+/* A block as the engine read it: the verdict of every unit wholly inside,
+ * from these bytes, so that its pieces never make us read it again. */
+static void filter_block(struct sink *base, uint64_t off, const void *buf, size_t len)
+{
+	struct sync_filter *f = (struct sync_filter *)base;
+	struct sync_table *t = f->table;
+	uint64_t u = (off + t->unit - 1) >> t->unit_bits;
+	for (;; u++) {
+		uint64_t ustart = u << t->unit_bits;
+		if (ustart + t->unit > off + len || ustart + t->unit > f->size)
+			break;
+		long idx = sync_table_find(t, u);
+		if (idx < 0 || sync_verdict_get(t, (size_t)idx) != SYNC_UNKNOWN)
+			continue;
+		struct hash128 h;
+		hash128((const uint8_t *)buf + (ustart - off), t->unit, &h);
+		uint8_t v = hash128_equal(&h, &t->hash[idx]) ? SYNC_SAME : SYNC_DIFFERS;
+		if (sync_verdict_set(t, (size_t)idx, v) && v == SYNC_DIFFERS)
+			count_changed(f);
+	}
+}
+
 static const struct sink_ops filter_ops = {
 	.data = filter_data,
 	.zero = filter_zero,
 	.finish = filter_finish,
+	.block = filter_block,
 };
 
 void sync_filter_init(struct sync_filter *f, struct sink *inner, struct sync_table *table,

@@ -189,6 +189,21 @@ check_fails "a bitmap the server does not export" $TO "$SPARSYNC" copy --bitmap 
 said "  named, not a silent full copy" "offers no dirty bitmap 'nosuch'"
 check "  the backup is untouched" qemu-img compare -q -U "$T/backup.raw" "$T/vm.qcow2"
 
+# A dirty cluster that is 8 KiB of data and 56 KiB of zeros arrives as two
+# pieces: it is judged from the bytes read once, not read again to hash it.
+truncate -s 16M "$T/mx.raw"; put_random "$T/mx.raw" 8192 $((1 * MiB))
+qemu-img convert -O qcow2 "$T/mx.raw" "$T/mx.qcow2"
+qnbd mx -r -f qcow2 -t "$T/mx.qcow2"
+"$SPARSYNC" copy -q "$(uri mx)" "$T/mx-backup.raw"
+stop mx
+qemu-img bitmap --add "$T/mx.qcow2" b
+qemu-io -c "write -P 7 1M 4k" "$T/mx.qcow2" >/dev/null
+qnbd mx -r -f qcow2 -B b -t "$T/mx.qcow2"
+check "--bitmap over a cluster of data and zeros" $TO "$SPARSYNC" copy --json --bitmap b "$(uri mx)" "$T/mx-backup.raw"
+is "  read once" bytes_read 65536
+check "  the backup is the disk" qemu-img compare -q -U "$T/mx-backup.raw" "$T/mx.qcow2"
+stop mx
+
 # ---- over ssh, both ways ----
 sshd_start || exit 0
 R="$(sparsync_ssh_opts) --remote-path $SPARSYNC"
