@@ -7,7 +7,7 @@ CC ?= cc
 CFLAGS ?= -O2 -g
 PKGS = libzstd liblz4 libxxhash libssh2 zlib libnbd
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
-PKG_LIBS = $(shell pkg-config --libs $(PKGS))
+PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lrbd -lrados
 WARN = -Wall -Wextra -Werror
 BASE_CFLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) -pthread
 SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -36,8 +36,10 @@ static const char copy_usage[] =
 	"                          sync need not read DST) at PATH, not .DST.sparsync\n"
 	"  --no-digest             keep no digest file; the next sync reads DST\n"
 	"  --bitmap NAME           copy only what SRC's persistent dirty bitmap NAME\n"
-	"                          (qcow2) marks as changed; DST must hold SRC as it was\n"
-	"                          when the bitmap was started or last cleared\n"
+	"                          (qcow2; an NBD export's qemu:dirty-bitmap:NAME) marks\n"
+	"                          as changed; DST must hold SRC as it was when the\n"
+	"                          bitmap was started or last cleared\n"
+	"  --since SNAP            the same for an RBD SRC: what changed after SNAP\n"
 	"  --track                 keep a persistent dirty bitmap of our own in SRC\n"
 	"                          (qcow2), so that the next sync to DST reads only what\n"
 	"                          changed since this one\n"
@@ -87,6 +89,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		{ "digest-file", required_argument, NULL, OPT_DIGEST_FILE },
 		{ "no-digest", no_argument, NULL, OPT_NO_DIGEST },
 		{ "bitmap", required_argument, NULL, OPT_BITMAP },
+		{ "since", required_argument, NULL, OPT_BITMAP },
 		{ "track", no_argument, NULL, OPT_TRACK },
 		{ "stats", no_argument, NULL, OPT_STATS },
 		{ "dry-run", no_argument, NULL, 'n' },

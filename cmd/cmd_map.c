@@ -23,7 +23,8 @@ static const char map_usage[] =
 	"  -U             read IMAGE even while another program has it open for\n"
 	"                 writing (--force-share, like qemu-img map -U)\n"
 	"  --bitmap NAME  show which ranges the persistent dirty bitmap NAME marks\n"
-	"                 as changed (dirty) instead\n";
+	"                 as changed (dirty) instead\n"
+	"  --since SNAP   the same for an RBD image: what changed after snapshot SNAP\n";
 
 static void print_run(bool json, bool *first, uint64_t start, uint64_t len, enum extent_kind k)
 {
@@ -103,6 +104,7 @@ int cmd_map(int argc, char **argv)
 		{ "format", required_argument, NULL, 'f' },
 		{ "force-share", no_argument, NULL, 'U' },
 		{ "bitmap", required_argument, NULL, 'B' },
+		{ "since", required_argument, NULL, 'B' },
 		{ 0, 0, 0, 0 },
 	};
 	bool json = false;

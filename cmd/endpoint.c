@@ -2,6 +2,7 @@
 
 #include "../core/error.h"
 #include "../formats/nbd.h"
+#include "../formats/rbd.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,8 +52,9 @@ int endpoint_parse(const char *spec, struct endpoint *ep)
 		ep->kind = EP_STREAM;
 		return 0;
 	}
-	/* An NBD URI names an export this host connects to: a local image. */
-	if (nbd_uri_is(spec)) {
+	/* An NBD URI or an RBD image (rbd:POOL/IMAGE, QEMU's syntax) names
+	 * what this host connects to: a local image. */
+	if (nbd_uri_is(spec) || rbd_spec_is(spec)) {
 		ep->kind = EP_LOCAL;
 		ep->path = strdup(spec);
 		return ep->path ? 0 : sp_err("out of memory");

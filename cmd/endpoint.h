@@ -4,7 +4,8 @@
  * directory). A colon after the first slash is part of a local path
  * ("./a:b"). An empty remote path ("host:") is the remote home directory,
  * as with scp. An NBD URI (nbd://, nbd+unix://, ...: formats/nbd.h) is a
- * local image: the export this host connects to. */
+ * local image: the export this host connects to; so is rbd:POOL/IMAGE
+ * (formats/rbd.h; a host named rbd is ssh://rbd/PATH). */
 #ifndef SPARSYNC_ENDPOINT_H
 #define SPARSYNC_ENDPOINT_H
 

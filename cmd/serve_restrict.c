@@ -13,6 +13,7 @@
 #include "../core/error.h"
 #include "../core/paths.h"
 #include "../formats/nbd.h"
+#include "../formats/rbd.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -84,8 +85,8 @@ static int resolve_paths(struct serve_args *a, struct resolved *res)
 	const char **path = a->receive ? &a->receive : a->send ? &a->send : &a->hashes;
 	const char *asked = *path;
 	/* An NBD URI would have the backup host connect wherever it says. */
-	if (nbd_uri_is(asked))
-		return sp_err("%s: NBD exports are refused by serve --restrict-to", asked);
+	if (nbd_uri_is(asked) || rbd_spec_is(asked))
+		return sp_err("%s: NBD exports and RBD images are refused by serve --restrict-to", asked);
 	if (!(res->path = confine_client_path(asked)))
 		return -1;
 	/* A directory means DIR/NAME for a push (dest.h); joined here, so

@@ -7,6 +7,7 @@
 #include "sync_hash.h"
 #include "../formats/image_lock.h"
 #include "../formats/nbd.h"
+#include "../formats/rbd.h"
 #include "../formats/qcow2.h"
 #include "../formats/undo.h"
 
@@ -126,7 +127,7 @@ static int not_updatable(struct dest *d)
 /* A block device or an NBD export: the disk itself, written in place. */
 static int open_device(struct dest *d)
 {
-	const char *what = d->nbd ? "an NBD export" : "a block device";
+	const char *what = d->nbd ? "an NBD export" : d->rbd ? "an RBD image" : "a block device";
 	if (d->o.create && d->o.create->backing)
 		return sp_err("%s: is %s; --backing writes a qcow2 overlay file", d->path, what);
 	if (d->o.out_fmt == FMT_QCOW2)
@@ -205,8 +206,9 @@ static int open_kind(struct dest *d, const char *path, const struct dest_opts *o
 		d->path = strdup(path);
 	if (!d->path)
 		return sp_err("%s: out of memory", path);
-	if (nbd_uri_is(d->path)) {
-		d->nbd = true;
+	if (nbd_uri_is(d->path) || rbd_spec_is(d->path)) {
+		d->nbd = nbd_uri_is(d->path);
+		d->rbd = !d->nbd;
 		if (!(d->real_path = strdup(d->path)))
 			return sp_err("%s: out of memory", path);
 		return open_device(d);
@@ -345,7 +347,8 @@ static int human_size_err(const struct dest *d, uint64_t have, uint64_t need)
 {
 	char a[32], b[32];
 	return sp_err("%s: %s is too small: it holds %s (%llu bytes), the source %s (%llu "
-		      "bytes); nothing was written", d->path, d->nbd ? "the NBD export" : "device", human_bytes(have, a, sizeof a),
+		      "bytes); nothing was written", d->path,
+		      d->nbd ? "the NBD export" : d->rbd ? "the RBD image" : "device", human_bytes(have, a, sizeof a),
 		      (unsigned long long)have, human_bytes(need, b, sizeof b),
 		      (unsigned long long)need);
 }
@@ -642,7 +645,7 @@ const char *dest_how(const struct dest *d)
 	switch (d->mode) {
 	case DEST_UPDATE: return d->o.inplace ? "inplace" : "journal";
 	case DEST_OVERLAY: return "overlay";
-	case DEST_DEVICE: return d->nbd ? "nbd" : "device";
+	case DEST_DEVICE: return d->nbd ? "nbd" : d->rbd ? "rbd" : "device";
 	default: return "new";
 	}
 }

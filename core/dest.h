@@ -15,6 +15,8 @@
  *                        than the source, always raw               DEST_DEVICE
  *   NBD URI           -> the export, written in place like a block
  *                        device (formats/nbd.h)                    DEST_DEVICE
+ *   rbd:POOL/IMAGE    -> an existing RBD image, the same; refused
+ *                        while another client has it open          DEST_DEVICE
  *   directory, character device, FIFO, socket -> refused
  *
  * Order of use: dest_open (before the source's size is known: the receiver
@@ -80,7 +82,7 @@ struct dest {
 	char *path;                   /* as the user named it: every message */
 	char *real_path;              /* symlinks followed: what is written or replaced */
 	enum dest_mode mode;
-	bool nbd;                     /* DEVICE: an NBD export */
+	bool nbd, rbd;                /* DEVICE: an NBD export, an RBD image */
 	enum image_format existing;   /* DST's own format when it exists, else FMT_AUTO */
 	struct dest_opts o;
 	struct image *img;            /* the image written (UPDATE/DEVICE: from dest_open) */

@@ -1,6 +1,7 @@
 #include "image.h"
 #include "image_lock.h"
 #include "nbd.h"
+#include "rbd.h"
 #include "undo.h"
 #include "writeback.h"
 
@@ -156,6 +157,17 @@ struct image *image_open(const char *path, enum image_format fmt, int flags)
 			return NULL;
 		}
 		return nbd_image_open(path, flags & IMAGE_RDWR);
+	}
+	if (rbd_spec_is(path)) {
+		if (confine_active()) {
+			sp_err("%s: RBD images are refused by serve --restrict-to", path);
+			return NULL;
+		}
+		if (fmt == FMT_QCOW2) {
+			sp_err("%s: an RBD image is read as the disk it holds (raw)", path);
+			return NULL;
+		}
+		return rbd_image_open(path, flags & IMAGE_RDWR);
 	}
 	if (!confine_active())
 		return open_path(path, path, fmt, flags);

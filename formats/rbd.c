@@ -1,0 +1,422 @@
+/* Ceph RBD images through librbd (formats/rbd.h).
+ *
+ * Allocation: rbd_diff_iterate2 from no snapshot, without whole_object,
+ * lists the extents that exist (with object-map and fast-diff it reads no
+ * data to do so); what it does not list, or lists as not existing
+ * (discarded), reads as zeros. Reads and writes are librbd's synchronous
+ * calls, which may run from the engine's worker threads at once. */
+#include "rbd.h"
+
+#include "change_map.h"
+
+#include "../core/error.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RBD_MAP_CHUNK (1ull << 32)   /* allocation asked for at once */
+#define RBD_IO_MAX (32u << 20)       /* one read or write call */
+#define RBD_CONNECT_TIMEOUT "30"     /* seconds, unless the options say */
+
+struct rbd_spec {
+	char *buf;                   /* the spec's text, cut into the fields */
+	const char *pool, *image, *snap, *conf, *id;
+	const char *keys[32], *vals[32];
+	unsigned nopts;
+};
+
+struct rbd_priv {
+	rados_t cluster;
+	rados_ioctx_t io;
+	rbd_image_t img;
+	bool connected, have_io, have_img;
+	pthread_mutex_t ext_lock;
+	struct extent *ext;          /* allocation of [ext_from, ext_to), by kind */
+	size_t ext_n, ext_cap;
+	uint64_t ext_from, ext_to;
+};
+
+bool rbd_spec_is(const char *s)
+{
+	return strncmp(s, "rbd:", 4) == 0;
+}
+
+/* Cut the text at unescaped sep, removing the backslashes (QEMU's "\:"). */
+static char *cut(char *s, char sep)
+{
+	char *w = s;
+	for (char *r = s; *r; r++) {
+		if (*r == '\\' && r[1]) {
+			*w++ = *++r;
+			continue;
+		}
+		if (*r == sep) {
+			*w = 0;
+			return r + 1;
+		}
+		*w++ = *r;
+	}
+	*w = 0;
+	return NULL;
+}
+
+static int parse_spec(const char *text, struct rbd_spec *sp)
+{
+	memset(sp, 0, sizeof *sp);
+	if (!(sp->buf = strdup(text + 4)))
+		return sp_err("%s: out of memory", text);
+	char *opts = cut(sp->buf, ':');
+	char *name = strchr(sp->buf, '/');
+	if (!name || name == sp->buf || !name[1])
+		return sp_err("%s: expected rbd:POOL/IMAGE[@SNAP][:conf=FILE][:id=NAME]", text);
+	*name++ = 0;
+	sp->pool = sp->buf;
+	sp->image = name;
+	char *at = strchr(name, '@');
+	if (at) {
+		*at = 0;
+		sp->snap = at + 1;
+		if (!*sp->snap)
+			return sp_err("%s: empty snapshot name", text);
+	}
+	while (opts && *opts) {
+		char *next = cut(opts, ':');
+		char *eq = strchr(opts, '=');
+		if (!eq)
+			return sp_err("%s: option '%s' has no value (KEY=VALUE)", text, opts);
+		*eq = 0;
+		if (!strcmp(opts, "conf"))
+			sp->conf = eq + 1;
+		else if (!strcmp(opts, "id"))
+			sp->id = eq + 1;
+		else if (sp->nopts < sizeof sp->keys / sizeof *sp->keys) {
+			sp->keys[sp->nopts] = opts;
+			sp->vals[sp->nopts++] = eq + 1;
+		} else {
+			return sp_err("%s: too many options", text);
+		}
+		opts = next;
+	}
+	return 0;
+}
+
+static int rbd_errno(const char *what, int r)
+{
+	return sp_err("%s: %s", what, strerror(r < 0 ? -r : r));
+}
+
+/* [from, from+len) of the allocation, as extents by kind, gaps as holes. */
+struct walk {
+	struct rbd_priv *p;
+	uint64_t at;
+	bool oom;
+};
+
+static void push(struct walk *w, uint64_t off, uint64_t len, enum extent_kind kind)
+{
+	struct rbd_priv *p = w->p;
+	if (!len)
+		return;
+	if (p->ext_n && p->ext[p->ext_n - 1].kind == kind &&
+	    p->ext[p->ext_n - 1].offset + p->ext[p->ext_n - 1].length == off) {
+		p->ext[p->ext_n - 1].length += len;
+		return;
+	}
+	if (p->ext_n == p->ext_cap) {
+		size_t cap = p->ext_cap ? p->ext_cap * 2 : 64;
+		struct extent *ne = realloc(p->ext, cap * sizeof *ne);
+		if (!ne) {
+			w->oom = true;
+			return;
+		}
+		p->ext = ne;
+		p->ext_cap = cap;
+	}
+	p->ext[p->ext_n++] = (struct extent){ off, len, kind };
+}
+
+static int got_extent(uint64_t off, size_t len, int exists, void *arg)
+{
+	struct walk *w = arg;
+	if (off > w->at)
+		push(w, w->at, off - w->at, EXTENT_HOLE);
+	if (off + len > w->at) {
+		uint64_t s = off > w->at ? off : w->at;
+		push(w, s, off + len - s, exists ? EXTENT_DATA : EXTENT_HOLE);
+		w->at = off + len;
+	}
+	return 0;
+}
+
+static int refill(struct image *img, uint64_t off)
+{
+	struct rbd_priv *p = img->priv;
+	uint64_t len = img->size - off < RBD_MAP_CHUNK ? img->size - off : RBD_MAP_CHUNK;
+	struct walk w = { p, off, false };
+	p->ext_n = 0;
+	int r = rbd_diff_iterate2(p->img, NULL, off, len, 1, 0, got_extent, &w);
+	if (r < 0)
+		return rbd_errno(img->path, r);
+	push(&w, w.at, off + len - w.at, EXTENT_HOLE);
+	if (w.oom)
+		return sp_err("%s: out of memory", img->path);
+	p->ext_from = off;
+	p->ext_to = off + len;
+	return 0;
+}
+
+static int rbd_extent(struct image *img, uint64_t off, struct extent *out)
+{
+	struct rbd_priv *p = img->priv;
+	pthread_mutex_lock(&p->ext_lock);
+	int rc = 0;
+	if (off < p->ext_from || off >= p->ext_to || !p->ext_n)
+		rc = refill(img, off);
+	const struct extent *hit = NULL;
+	size_t lo = 0, hi = p->ext_n;
+	while (rc == 0 && lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		const struct extent *e = &p->ext[mid];
+		if (off < e->offset)
+			hi = mid;
+		else if (off >= e->offset + e->length)
+			lo = mid + 1;
+		else {
+			hit = e;
+			break;
+		}
+	}
+	if (rc == 0 && !hit)
+		rc = sp_err("%s: no allocation known at %llu", img->path, (unsigned long long)off);
+	if (rc == 0)
+		*out = (struct extent){ off, hit->offset + hit->length - off, hit->kind };
+	pthread_mutex_unlock(&p->ext_lock);
+	return rc;
+}
+
+static int rbd_img_pread(struct image *img, void *buf, size_t len, uint64_t off)
+{
+	struct rbd_priv *p = img->priv;
+	for (size_t done = 0; done < len;) {
+		size_t n = len - done < RBD_IO_MAX ? len - done : RBD_IO_MAX;
+		ssize_t r = rbd_read2(p->img, off + done, n, (char *)buf + done, 0);
+		if (r < 0)
+			return sp_err("%s: read at %llu: %s", img->path,
+				      (unsigned long long)(off + done), strerror((int)-r));
+		if (r == 0)
+			return sp_err("%s: read at %llu: nothing came back", img->path,
+				      (unsigned long long)(off + done));
+		done += (size_t)r;
+	}
+	__atomic_add_fetch(&img->bytes_read, len, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static int rbd_img_pwrite(struct image *img, const void *buf, size_t len, uint64_t off)
+{
+	struct rbd_priv *p = img->priv;
+	for (size_t done = 0; done < len;) {
+		size_t n = len - done < RBD_IO_MAX ? len - done : RBD_IO_MAX;
+		ssize_t r = rbd_write2(p->img, off + done, n, (const char *)buf + done, 0);
+		if (r <= 0)
+			return sp_err("%s: write at %llu: %s", img->path,
+				      (unsigned long long)(off + done),
+				      r < 0 ? strerror((int)-r) : "nothing written");
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+/* Write-zeroes: RBD deallocates whole objects and zeroes the rest. */
+static int rbd_img_zero(struct image *img, uint64_t off, uint64_t len)
+{
+	struct rbd_priv *p = img->priv;
+	for (uint64_t done = 0; done < len;) {
+		size_t n = len - done < (1u << 30) ? (size_t)(len - done) : (1u << 30);
+		ssize_t r = rbd_write_zeroes(p->img, off + done, n, 0, 0);
+		if (r < 0)
+			return sp_err("%s: write-zeroes at %llu: %s", img->path,
+				      (unsigned long long)(off + done), strerror((int)-r));
+		done += n;
+	}
+	return 0;
+}
+
+static int rbd_img_flush(struct image *img)
+{
+	struct rbd_priv *p = img->priv;
+	int r = img->writable ? rbd_flush(p->img) : 0;
+	return r < 0 ? sp_err("%s: flush: %s", img->path, strerror(-r)) : 0;
+}
+
+static int rbd_img_resize(struct image *img, uint64_t size)
+{
+	if (size == img->size)
+		return 0;
+	return sp_err("%s: an RBD image written in place keeps its size (%llu bytes)", img->path,
+		      (unsigned long long)img->size);
+}
+
+static int rbd_img_close(struct image *img)
+{
+	struct rbd_priv *p = img->priv;
+	int rc = 0;
+	if (p->have_img && rbd_close(p->img) < 0)
+		rc = sp_err("%s: close failed", img->path);
+	if (p->have_io)
+		rados_ioctx_destroy(p->io);
+	if (p->connected || p->cluster)
+		rados_shutdown(p->cluster);
+	pthread_mutex_destroy(&p->ext_lock);
+	free(p->ext);
+	free(p);
+	image_free(img);
+	return rc;
+}
+
+/* What changed since snapshot name: every extent rbd_diff_iterate2 lists
+ * from it (an upper bound: an object new since then is listed whole, so
+ * the sync compares hashes before anything is sent). */
+struct since {
+	struct change_map *m;
+};
+
+static int mark_changed(uint64_t off, size_t len, int exists, void *arg)
+{
+	(void)exists;
+	struct change_map *m = ((struct since *)arg)->m;
+	uint64_t end = off + len < m->size ? off + len : m->size;
+	for (uint64_t b = off / m->granularity; off < end && b < (end + m->granularity - 1) / m->granularity; b++)
+		m->bits[b / 8] |= (uint8_t)(1u << (b % 8));
+	return 0;
+}
+
+static int rbd_changed_since(struct image *img, const char *snap, struct change_map *out)
+{
+	struct rbd_priv *p = img->priv;
+	memset(out, 0, sizeof *out);
+	out->size = img->size;
+	out->granularity = 4096;
+	out->nbits = (img->size + 4095) / 4096;
+	out->enabled = true;
+	if (!(out->bits = calloc(out->nbits / 8 + 1, 1)))
+		return sp_err("%s: out of memory", img->path);
+	struct since s = { out };
+	int r = rbd_diff_iterate2(p->img, snap, 0, img->size, 1, 0, mark_changed, &s);
+	if (r < 0) {
+		change_map_free(out);
+		if (r == -ENOENT)
+			return sp_err("%s: no snapshot '%s' to compare with", img->path, snap);
+		return sp_err("%s: changes since %s: %s", img->path, snap, strerror(-r));
+	}
+	change_map_count(out);
+	return 0;
+}
+
+static const struct image_ops rbd_ops = {
+	.name = "rbd",
+	.extent = rbd_extent,
+	.pread = rbd_img_pread,
+	.pwrite = rbd_img_pwrite,
+	.zero = rbd_img_zero,
+	.resize = rbd_img_resize,
+	.flush = rbd_img_flush,
+	.close = rbd_img_close,
+	.dirty_bitmap = rbd_changed_since,
+};
+
+static int connect_cluster(struct image *img, const struct rbd_spec *sp)
+{
+	struct rbd_priv *p = img->priv;
+	int r = rados_create(&p->cluster, sp->id);
+	if (r < 0)
+		return rbd_errno(img->path, r);
+	r = rados_conf_read_file(p->cluster, sp->conf);
+	if (r < 0 && sp->conf)
+		return sp_err("%s: cannot read the Ceph configuration %s: %s", img->path, sp->conf,
+			      strerror(-r));
+	rados_conf_parse_env(p->cluster, NULL);
+	/* No cluster answering is an error after a while, not a hang. */
+	rados_conf_set(p->cluster, "client_mount_timeout", RBD_CONNECT_TIMEOUT);
+	rados_conf_set(p->cluster, "rados_mon_op_timeout", RBD_CONNECT_TIMEOUT);
+	for (unsigned i = 0; i < sp->nopts; i++)
+		if ((r = rados_conf_set(p->cluster, sp->keys[i], sp->vals[i])) < 0)
+			return sp_err("%s: Ceph option %s: %s", img->path, sp->keys[i], strerror(-r));
+	if ((r = rados_connect(p->cluster)) < 0)
+		return sp_err("%s: cannot connect to the Ceph cluster: %s", img->path, strerror(-r));
+	p->connected = true;
+	if ((r = rados_ioctx_create(p->cluster, sp->pool, &p->io)) < 0)
+		return sp_err("%s: pool %s: %s", img->path, sp->pool,
+			      r == -ENOENT ? "no such pool" : strerror(-r));
+	p->have_io = true;
+	return 0;
+}
+
+/* Another client has the image open (a running VM): its watch is on the
+ * image's header, beside ours. */
+static int refuse_if_in_use(struct image *img)
+{
+	struct rbd_priv *p = img->priv;
+	rbd_image_watcher_t w[16];
+	size_t n = sizeof w / sizeof *w;
+	int r = rbd_watchers_list(p->img, w, &n);
+	if (r < 0 && r != -ERANGE)
+		return rbd_errno(img->path, r);
+	if (r == 0)
+		rbd_watchers_list_cleanup(w, n);
+	if (r == -ERANGE || n > 1)
+		return sp_err("%s: the RBD image is open in another client (a running VM?); refusing "
+			      "to write to it", img->path);
+	return 0;
+}
+
+struct image *rbd_image_open(const char *spec, bool writable)
+{
+	struct rbd_spec sp;
+	struct rbd_priv *p = calloc(1, sizeof *p);
+	struct image *img = p ? image_alloc(&rbd_ops, spec, -1, FMT_RAW) : NULL;
+	if (!img) {
+		free(p);
+		sp_err("%s: out of memory", spec);
+		return NULL;
+	}
+	img->priv = p;
+	pthread_mutex_init(&p->ext_lock, NULL);
+	int r;
+	if (parse_spec(spec, &sp) < 0 || connect_cluster(img, &sp) < 0)
+		goto fail;
+	if (writable && sp.snap) {
+		sp_err("%s: a snapshot cannot be written", spec);
+		goto fail;
+	}
+	r = writable ? rbd_open(p->io, sp.image, &p->img, NULL)
+		     : rbd_open_read_only(p->io, sp.image, &p->img, sp.snap);
+	if (r < 0) {
+		if (r == -ENOENT)
+			sp_err("%s: %s", spec, sp.snap ? "no such image or snapshot" : "no such image");
+		else
+			rbd_errno(spec, r);
+		goto fail;
+	}
+	p->have_img = true;
+	uint64_t size;
+	if ((r = rbd_get_size(p->img, &size)) < 0) {
+		rbd_errno(spec, r);
+		goto fail;
+	}
+	img->size = size;
+	img->writable = writable;
+	if (writable && refuse_if_in_use(img) < 0)
+		goto fail;
+	free(sp.buf);
+	return img;
+fail:
+	free(sp.buf);
+	rbd_img_close(img);
+	return NULL;
+}
