@@ -124,8 +124,8 @@ static int not_updatable(struct dest *d)
 	return 0;
 }
 
-/* A block device or an NBD export: the disk itself, written in place. */
-static int open_device(struct dest *d)
+/* A disk (block device, NBD export, RBD image) is written raw. */
+static int raw_disk_only(struct dest *d)
 {
 	const char *what = d->nbd ? "an NBD export" : d->rbd ? "an RBD image" : "a block device";
 	if (d->o.create && d->o.create->backing)
@@ -133,6 +133,14 @@ static int open_device(struct dest *d)
 	if (d->o.out_fmt == FMT_QCOW2)
 		return sp_err("%s: is %s, which sparsync writes raw (it is the disk); -O qcow2 "
 			      "cannot apply", d->path, what);
+	return 0;
+}
+
+/* A block device or an NBD export: the disk itself, written in place. */
+static int open_device(struct dest *d)
+{
+	if (raw_disk_only(d) < 0)
+		return -1;
 	d->img = image_open(d->real_path, FMT_RAW, IMAGE_RDWR);
 	if (!d->img)
 		return -1;
@@ -211,7 +219,18 @@ static int open_kind(struct dest *d, const char *path, const struct dest_opts *o
 		d->rbd = !d->nbd;
 		if (!(d->real_path = strdup(d->path)))
 			return sp_err("%s: out of memory", path);
-		return open_device(d);
+		int exists = d->rbd ? rbd_image_exists(d->path) : 1;
+		if (exists < 0)
+			return -1;
+		if (exists)
+			return open_device(d);
+		/* A new RBD image: made under a temporary name, renamed when
+		 * complete (dest_begin, dest_commit). */
+		if (raw_disk_only(d) < 0)
+			return -1;
+		d->mode = DEST_NEW;
+		d->existing = FMT_AUTO;
+		return 0;
 	}
 	struct stat sb;
 	if (classify(d, &sb) < 0)
@@ -284,7 +303,7 @@ static int open_kind(struct dest *d, const char *path, const struct dest_opts *o
  * for an update, DST's hashes from it when it is valid. */
 static int open_digest(struct dest *d)
 {
-	if (!d->o.digest || (d->mode != DEST_NEW && d->mode != DEST_UPDATE))
+	if (!d->o.digest || (d->mode != DEST_NEW && d->mode != DEST_UPDATE) || d->rbd)
 		return 0;
 	if (!(d->digest_path = digest_path_for(d->real_path, d->o.digest_file)))
 		return sp_err("%s: out of memory", d->path);
@@ -355,7 +374,7 @@ static int human_size_err(const struct dest *d, uint64_t have, uint64_t need)
 
 bool dest_wants_data_size(const struct dest *d)
 {
-	return d->o.space_check && d->mode != DEST_DEVICE;
+	return d->o.space_check && d->mode != DEST_DEVICE && !d->rbd;
 }
 
 /* Refuse early, before a byte is written, when the filesystem holding DST
@@ -453,6 +472,11 @@ int dest_begin(struct dest *d, enum image_format src_fmt, uint64_t size, uint64_
 		break;
 	}
 	case DEST_NEW: {
+		if (d->rbd) {
+			if (!(d->img = rbd_image_create_temp(d->path, size, &d->rbd_tmp)))
+				return -1;
+			return begin_map(d, size);
+		}
 		enum image_format fmt = image_output_format(d->o.out_fmt, d->path, d->existing,
 							    src_fmt);
 		if (replace_begin(&d->repl, d->real_path, d->path, fmt, size, d->o.create) < 0)
@@ -593,6 +617,14 @@ int dest_commit(struct dest *d)
 			d->undo = NULL;
 			rc = rc == 0 ? undo_commit(u) : undo_rollback(u);
 		}
+		if (d->rbd_tmp) {
+			if (rc == 0)
+				rc = rbd_image_rename(d->rbd_tmp, d->path);
+			if (rc < 0)
+				rbd_image_remove(d->rbd_tmp);
+			free(d->rbd_tmp);
+			d->rbd_tmp = NULL;
+		}
 	}
 	if (rc == 0)
 		save_digest(d);
@@ -616,12 +648,18 @@ void dest_abort(struct dest *d)
 		undo_rollback(d->undo);
 		d->undo = NULL;
 	}
+	/* A new RBD image never appears under its name half-written. */
+	if (d->rbd_tmp) {
+		rbd_image_remove(d->rbd_tmp);
+		free(d->rbd_tmp);
+		d->rbd_tmp = NULL;
+	}
 	sp_err("%s", saved);
 }
 
 void dest_close(struct dest *d)
 {
-	if (d->replacing || d->img || d->undo)
+	if (d->replacing || d->img || d->undo || d->rbd_tmp)
 		dest_abort(d);
 	image_close(d->backing);
 	d->backing = NULL;

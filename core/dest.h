@@ -17,6 +17,9 @@
  *                        device (formats/nbd.h)                    DEST_DEVICE
  *   rbd:POOL/IMAGE    -> an existing RBD image, the same; refused
  *                        while another client has it open          DEST_DEVICE
+ *                        absent: created with the source's size
+ *                        under a temporary name, renamed when
+ *                        complete, removed on failure              DEST_NEW
  *   directory, character device, FIFO, socket -> refused
  *
  * Order of use: dest_open (before the source's size is known: the receiver
@@ -82,7 +85,8 @@ struct dest {
 	char *path;                   /* as the user named it: every message */
 	char *real_path;              /* symlinks followed: what is written or replaced */
 	enum dest_mode mode;
-	bool nbd, rbd;                /* DEVICE: an NBD export, an RBD image */
+	bool nbd, rbd;                /* DEVICE: an NBD export, an RBD image (or NEW) */
+	char *rbd_tmp;                /* NEW RBD image: its temporary name until commit */
 	enum image_format existing;   /* DST's own format when it exists, else FMT_AUTO */
 	struct dest_opts o;
 	struct image *img;            /* the image written (UPDATE/DEVICE: from dest_open) */

@@ -18,10 +18,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #define RBD_MAP_CHUNK (1ull << 32)   /* allocation asked for at once */
 #define RBD_IO_MAX (32u << 20)       /* one read or write call */
 #define RBD_CONNECT_TIMEOUT "30"     /* seconds, unless the options say */
+#define RBD_OP_TIMEOUT "120"
 
 struct rbd_spec {
 	char *buf;                   /* the spec's text, cut into the fields */
@@ -270,7 +272,7 @@ static int rbd_img_close(struct image *img)
 		rc = sp_err("%s: close failed", img->path);
 	if (p->have_io)
 		rados_ioctx_destroy(p->io);
-	if (p->connected || p->cluster)
+	if (p->connected)
 		rados_shutdown(p->cluster);
 	pthread_mutex_destroy(&p->ext_lock);
 	free(p->ext);
@@ -330,31 +332,38 @@ static const struct image_ops rbd_ops = {
 	.dirty_bitmap = rbd_changed_since,
 };
 
-static int connect_cluster(struct image *img, const struct rbd_spec *sp)
+/* A connection to sp's cluster and pool; on failure nothing is left open.
+ * shown: the name messages give. */
+static int connect_pool(const char *shown, const struct rbd_spec *sp, rados_t *cluster,
+			rados_ioctx_t *io)
 {
-	struct rbd_priv *p = img->priv;
-	int r = rados_create(&p->cluster, sp->id);
+	int r = rados_create(cluster, sp->id);
 	if (r < 0)
-		return rbd_errno(img->path, r);
-	r = rados_conf_read_file(p->cluster, sp->conf);
-	if (r < 0 && sp->conf)
-		return sp_err("%s: cannot read the Ceph configuration %s: %s", img->path, sp->conf,
+		return rbd_errno(shown, r);
+	r = rados_conf_read_file(*cluster, sp->conf);
+	if (r < 0 && sp->conf) {
+		rados_shutdown(*cluster);
+		return sp_err("%s: cannot read the Ceph configuration %s: %s", shown, sp->conf,
 			      strerror(-r));
-	rados_conf_parse_env(p->cluster, NULL);
+	}
+	rados_conf_parse_env(*cluster, NULL);
 	/* No cluster answering is an error after a while, not a hang. */
-	rados_conf_set(p->cluster, "client_mount_timeout", RBD_CONNECT_TIMEOUT);
-	rados_conf_set(p->cluster, "rados_mon_op_timeout", RBD_CONNECT_TIMEOUT);
-	for (unsigned i = 0; i < sp->nopts; i++)
-		if ((r = rados_conf_set(p->cluster, sp->keys[i], sp->vals[i])) < 0)
-			return sp_err("%s: Ceph option %s: %s", img->path, sp->keys[i], strerror(-r));
-	if ((r = rados_connect(p->cluster)) < 0)
-		return sp_err("%s: cannot connect to the Ceph cluster: %s", img->path, strerror(-r));
-	p->connected = true;
-	if ((r = rados_ioctx_create(p->cluster, sp->pool, &p->io)) < 0)
-		return sp_err("%s: pool %s: %s", img->path, sp->pool,
-			      r == -ENOENT ? "no such pool" : strerror(-r));
-	p->have_io = true;
-	return 0;
+	rados_conf_set(*cluster, "client_mount_timeout", RBD_CONNECT_TIMEOUT);
+	rados_conf_set(*cluster, "rados_mon_op_timeout", RBD_CONNECT_TIMEOUT);
+	/* An OSD that died mid-copy: fail, do not wait forever. */
+	rados_conf_set(*cluster, "rados_osd_op_timeout", RBD_OP_TIMEOUT);
+	int rc = 0;
+	for (unsigned i = 0; rc == 0 && i < sp->nopts; i++)
+		if ((r = rados_conf_set(*cluster, sp->keys[i], sp->vals[i])) < 0)
+			rc = sp_err("%s: Ceph option %s: %s", shown, sp->keys[i], strerror(-r));
+	if (rc == 0 && (r = rados_connect(*cluster)) < 0)
+		rc = sp_err("%s: cannot connect to the Ceph cluster: %s", shown, strerror(-r));
+	if (rc == 0 && (r = rados_ioctx_create(*cluster, sp->pool, io)) < 0)
+		rc = sp_err("%s: pool %s: %s", shown, sp->pool,
+			    r == -ENOENT ? "no such pool" : strerror(-r));
+	if (rc < 0)
+		rados_shutdown(*cluster);
+	return rc;
 }
 
 /* Another client has the image open (a running VM): its watch is on the
@@ -388,8 +397,9 @@ struct image *rbd_image_open(const char *spec, bool writable)
 	img->priv = p;
 	pthread_mutex_init(&p->ext_lock, NULL);
 	int r;
-	if (parse_spec(spec, &sp) < 0 || connect_cluster(img, &sp) < 0)
+	if (parse_spec(spec, &sp) < 0 || connect_pool(spec, &sp, &p->cluster, &p->io) < 0)
 		goto fail;
+	p->connected = p->have_io = true;
 	if (writable && sp.snap) {
 		sp_err("%s: a snapshot cannot be written", spec);
 		goto fail;
@@ -419,4 +429,125 @@ fail:
 	free(sp.buf);
 	rbd_img_close(img);
 	return NULL;
+}
+
+/* A connection to spec's pool, for operations on images by name. */
+struct pool {
+	struct rbd_spec sp;
+	rados_t cluster;
+	rados_ioctx_t io;
+	bool open;
+};
+
+static void pool_close(struct pool *p)
+{
+	if (p->open) {
+		rados_ioctx_destroy(p->io);
+		rados_shutdown(p->cluster);
+	}
+	free(p->sp.buf);
+	memset(p, 0, sizeof *p);
+}
+
+static int pool_open(struct pool *pl, const char *spec)
+{
+	memset(pl, 0, sizeof *pl);
+	if (parse_spec(spec, &pl->sp) < 0 || connect_pool(spec, &pl->sp, &pl->cluster, &pl->io) < 0) {
+		pool_close(pl);
+		return -1;
+	}
+	pl->open = true;
+	return 0;
+}
+
+int rbd_image_exists(const char *spec)
+{
+	struct pool pl;
+	if (pool_open(&pl, spec) < 0)
+		return -1;
+	rbd_image_t img;
+	int r = rbd_open_read_only(pl.io, pl.sp.image, &img, NULL);
+	if (r == 0)
+		rbd_close(img);
+	int rc = r == 0 ? 1 : r == -ENOENT ? 0 : rbd_errno(spec, r);
+	pool_close(&pl);
+	return rc;
+}
+
+/* "rbd:POOL/NAME" plus spec's options, malloc'd. */
+static char *spec_named(const char *spec, const char *pool, const char *name)
+{
+	const char *opts = strchr(spec + 4, ':');
+	size_t len = strlen(pool) + strlen(name) + (opts ? strlen(opts) : 0) + 8;
+	char *s = malloc(len);
+	if (s)
+		snprintf(s, len, "rbd:%s/%s%s", pool, name, opts ? opts : "");
+	return s;
+}
+
+struct image *rbd_image_create_temp(const char *spec, uint64_t size, char **tmp_spec)
+{
+	struct pool pl;
+	*tmp_spec = NULL;
+	if (pool_open(&pl, spec) < 0)
+		return NULL;
+	char name[512];
+	rbd_image_options_t opts;
+	rbd_image_options_create(&opts);
+	rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES,
+				     RBD_FEATURE_LAYERING | RBD_FEATURE_EXCLUSIVE_LOCK |
+				     RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF);
+	int r = -EEXIST;
+	for (int tries = 0; r == -EEXIST && tries < 20; tries++) {
+		unsigned rnd = 0;
+		if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
+			rnd = (unsigned)tries;
+		snprintf(name, sizeof name, ".%s.sparsync-%06x", pl.sp.image, rnd & 0xffffff);
+		r = rbd_create4(pl.io, name, size, opts);
+	}
+	rbd_image_options_destroy(opts);
+	if (r < 0) {
+		sp_err("%s: cannot create the image: %s", spec, strerror(-r));
+		pool_close(&pl);
+		return NULL;
+	}
+	char *t = spec_named(spec, pl.sp.pool, name);
+	pool_close(&pl);
+	struct image *img = t ? rbd_image_open(t, true) : NULL;
+	if (!img) {
+		if (t)
+			rbd_image_remove(t);
+		free(t);
+		return NULL;
+	}
+	image_set_name(img, spec);
+	*tmp_spec = t;
+	return img;
+}
+
+int rbd_image_rename(const char *tmp_spec, const char *spec)
+{
+	struct pool a, b;
+	if (pool_open(&a, tmp_spec) < 0)
+		return -1;
+	if (parse_spec(spec, &b.sp) < 0) {
+		pool_close(&a);
+		return -1;
+	}
+	int r = rbd_rename(a.io, a.sp.image, b.sp.image);
+	free(b.sp.buf);
+	pool_close(&a);
+	if (r == -EEXIST)
+		return sp_err("%s: an image of that name appeared while it was being written; the "
+			      "copy was not put in its place", spec);
+	return r < 0 ? sp_err("%s: rename from the temporary image: %s", spec, strerror(-r)) : 0;
+}
+
+void rbd_image_remove(const char *tmp_spec)
+{
+	struct pool pl;
+	if (pool_open(&pl, tmp_spec) < 0)
+		return;
+	rbd_remove(pl.io, pl.sp.image);
+	pool_close(&pl);
 }

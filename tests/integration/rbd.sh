@@ -2,9 +2,10 @@
 # Ceph RBD images as images (issue 19, first part), against a real
 # single-node cluster started here (tests/ceph_lib.sh, about 1.5 s): an RBD
 # image as source (holes from rbd_diff_iterate2, a snapshot as a point in
-# time, --since SNAP reading only what changed after it), an existing
-# image as destination (synced in place, refused while another client has
-# it open), over ssh both ways; every result checked with `rbd export` +
+# time, --since SNAP reading only what changed after it), as destination
+# (an existing one synced in place and refused while another client has
+# it open; a new one created under a temporary name; the OSD killed
+# mid-copy), over ssh both ways; every result checked with `rbd export` +
 # cmp or qemu-img compare; a missing image, pool or snapshot and a dead
 # cluster are one line, exit 1, nothing left behind.
 . "$(dirname "$0")/../lib.sh"
@@ -50,6 +51,16 @@ check "verify against an RBD image" $TO "$SPARSYNC" verify "$T/src.raw" "$(spec 
 $RBD create --size 1G rbd/empty
 check "copy of an empty 1 GiB image" $TO "$SPARSYNC" copy --json "$(spec empty)" "$T/empty.raw"
 is "  reads nothing" bytes_read 0
+
+# An image that does not exist is created, under a temporary name until
+# it is complete.
+check "copy into a new RBD image" $TO "$SPARSYNC" copy --json "$T/src.raw" "$(spec fresh)"
+check "  rbd export gives the source" exported fresh "$T/src.raw"
+check "  the source's size and the usual features" sh -c "$RBD info rbd/fresh | grep -q 'size 64 MiB' &&
+	$RBD info rbd/fresh | grep -q 'features: layering, exclusive-lock, object-map, fast-diff'"
+check "  no temporary image left" sh -c "! $RBD ls rbd | grep -q sparsync-"
+check_fails "-O qcow2 into a new RBD image" $TO "$SPARSYNC" copy -O qcow2 "$T/src.raw" "$(spec other)"
+check "  nothing created" sh -c "! $RBD ls rbd | grep -q other"
 
 # A snapshot is a point in time; --since reads only what changed after it.
 $RBD snap create rbd/vm@s1 >/dev/null 2>&1
@@ -106,6 +117,25 @@ if sshd_start; then
 	check "  rbd export" exported vm2 "$T/src.raw"
 	check "pull a remote host's RBD image" $TO "$SPARSYNC" copy $R "127.0.0.1:$(spec vm2)" "$T/pulled.raw"
 	check "  the same bytes" cmp "$T/pulled.raw" "$T/src.raw"
+fi
+
+# The OSD killed mid-copy into a new image (a slow NBD source keeps the copy
+# going): an error within the op timeout given in the spec, and the new
+# image's name never appears while it is written.
+if command -v nbdkit >/dev/null; then
+	truncate -s 256M "$T/slow.raw"; put_random "$T/slow.raw" $((64 * MiB)) 0
+	nbdkit -U "$T/slow.sock" -P "$T/slow.pid" --filter=delay file "$T/slow.raw" rdelay=200ms
+	"$SPARSYNC" copy "nbd+unix:///?socket=$T/slow.sock" "$(spec dying):rados_osd_op_timeout=3" \
+		>"$T/dying.out" 2>&1 &
+	cp_pid=$!
+	sleep 1.5
+	check "while it is written, only a temporary name exists" sh -c "$RBD ls rbd | grep -q '^.dying.sparsync-' && ! $RBD ls rbd | grep -qx dying"
+	kill -9 "$(cat "$CEPH_DIR/run/osd.0.pid")"
+	wait $cp_pid; rc=$?
+	kill "$(cat "$T/slow.pid")" 2>/dev/null
+	check "the OSD killed mid-copy: the copy fails (exit $rc)" test "$rc" = 1
+	cp "$T/dying.out" "$T/.last"
+	said "  with one line naming the image" "rbd:rbd/dying"
 fi
 
 # The cluster gone (its daemons killed): an error, not a hang.
