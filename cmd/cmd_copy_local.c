@@ -104,7 +104,7 @@ int copy_local(const struct copy_cli *cli, struct sp_stats *st)
 			track_finish(&tr, src);
 	}
 	change_map_free(&changed);
-	track_free(&tr);
+	track_free(&tr, src);
 	dest_close(&d);
 	free(src_name);
 	image_close(src);

@@ -334,7 +334,7 @@ static int send_image(const struct copy_cli *cli, struct image *src, struct tran
 	else if (cli->track && !cli->dry_run)
 		track_finish(&tr, src); /* the receiver has acknowledged: DST is complete */
 	change_map_free(&changed);
-	track_free(&tr);
+	track_free(&tr, src);
 	/* A dry run: what a real one would have sent. */
 	st->bytes_sent = t->bytes_out + snd.dry_wire;
 	if (rc == 0)

@@ -191,7 +191,7 @@ static int serve_send(struct transport *t, const struct serve_args *a, const cha
 	if (rc == 0 && a->track && !a->dry_run)
 		track_finish(&tr, src);
 	change_map_free(&changed);
-	track_free(&tr);
+	track_free(&tr, src);
 	if (rc < 0)
 		rc = sender_abort(&snd);
 	/* The client went away (it failed, or its connection did): it knows

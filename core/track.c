@@ -27,6 +27,11 @@ int track_begin(struct track *t, struct image *src, const uint8_t *dest_id, bool
 	if (getrandom(t->id, TRACK_ID_SIZE, 0) != TRACK_ID_SIZE)
 		return sp_err("--track: no random bytes for an id");
 	name_for(t->id, t->name, sizeof t->name);
+	/* A source that marks the start (RBD) takes this run's snapshot now:
+	 * what is copied is that point in time. */
+	if (image_track_start(src, t->name) < 0)
+		return -1;
+	t->started = true;
 	if (!dest_id) {
 		t->how = "full: the destination records no bitmap";
 		return 0;
@@ -68,12 +73,16 @@ void track_log(const struct track *t)
 
 void track_finish(struct track *t, struct image *src)
 {
+	t->finished = true;
 	if (image_bitmap_rotate(src, t->has_old ? t->old_name : NULL, t->name) < 0)
 		sp_warn("%s (the copy is complete; the next --track run compares everything)",
 			sp_errmsg());
 }
 
-void track_free(struct track *t)
+void track_free(struct track *t, struct image *src)
 {
+	if (t->started && !t->finished && src)
+		image_track_cancel(src, t->name);
+	t->started = false;
 	change_map_free(&t->map);
 }

@@ -15,7 +15,13 @@
  * destination has another inode, so its digest names nothing; another
  * destination has its own bitmap. The source is touched only after the
  * destination is complete (the receiver's ACK): an interrupted run leaves
- * every bitmap as it was. */
+ * every bitmap as it was.
+ *
+ * An RBD source keeps snapshots instead (formats/image.h's track_start):
+ * each run takes "sparsync-<id>" when it starts and copies that point in
+ * time; what changed since the destination's snapshot comes from
+ * rbd_diff_iterate2; after success the older snapshot goes, after a
+ * failure this run's. */
 #ifndef SPARSYNC_TRACK_H
 #define SPARSYNC_TRACK_H
 
@@ -33,6 +39,8 @@ struct track {
 	char name[16 + 2 * TRACK_ID_SIZE];  /* "sparsync-" + hex: this run's new bitmap */
 	char old_name[16 + 2 * TRACK_ID_SIZE]; /* the destination's, replaced at the end */
 	bool has_old;
+	bool started;            /* the source took this run's marker (track_start) */
+	bool finished;           /* track_finish ran */
 	bool use;                /* the bitmap is trusted: copy only what it marks */
 	struct change_map map;
 	const char *how;         /* for --json: "bitmap", or why the whole image */
@@ -49,6 +57,8 @@ void track_log(const struct track *t);
  * Should that fail, a warning: the copy stands, and the next run compares
  * everything once. */
 void track_finish(struct track *t, struct image *src);
-void track_free(struct track *t);
+/* After track_finish, or instead of it when the run failed: a marker this
+ * run took in the source (an RBD snapshot) is dropped again. */
+void track_free(struct track *t, struct image *src);
 
 #endif

@@ -428,9 +428,20 @@ int image_dirty_bitmap(struct image *img, const char *name, struct change_map *o
 int image_bitmap_trackable(struct image *img)
 {
 	if (!img->ops->bitmap_trackable)
-		return sp_err("%s: --track keeps a persistent bitmap in the source, which a %s image "
-			      "cannot hold (qcow2 can)", img->path, img->ops->name);
+		return sp_err("%s: --track keeps a persistent bitmap (qcow2) or snapshot (RBD) in the "
+			      "source, which a %s image cannot hold", img->path, img->ops->name);
 	return img->ops->bitmap_trackable(img);
+}
+
+int image_track_start(struct image *img, const char *new_name)
+{
+	return img->ops->track_start ? img->ops->track_start(img, new_name) : 0;
+}
+
+void image_track_cancel(struct image *img, const char *new_name)
+{
+	if (img->ops->track_cancel)
+		img->ops->track_cancel(img, new_name);
 }
 
 int image_bitmap_rotate(struct image *img, const char *old_name, const char *new_name)

@@ -65,6 +65,13 @@ struct image_ops {
 	 * locks keep others out. */
 	int (*bitmap_trackable)(struct image *);
 	int (*bitmap_rotate)(struct image *, const char *old_name, const char *new_name);
+	/* Optional, for --track on sources whose marker is a point in time
+	 * taken when the run starts (an RBD snapshot): take new_name now and
+	 * read from it from here on (dirty_bitmap then says what changed
+	 * between the old marker and it; bitmap_rotate only drops the old);
+	 * track_cancel drops it again when the run fails. */
+	int (*track_start)(struct image *, const char *new_name);
+	void (*track_cancel)(struct image *, const char *new_name);
 };
 
 struct image {
@@ -171,6 +178,9 @@ int image_data_bytes(struct image *img, uint64_t *out);
 int image_dirty_bitmap(struct image *img, const char *name, struct change_map *out);
 int image_bitmap_trackable(struct image *img);
 int image_bitmap_rotate(struct image *img, const char *old_name, const char *new_name);
+/* The track_start/track_cancel ops; nothing for images without them. */
+int image_track_start(struct image *img, const char *new_name);
+void image_track_cancel(struct image *img, const char *new_name);
 /* The extent at off (off < size), checked to start at off and to be
  * non-empty, so no caller's walk can loop on a broken extent map. */
 int image_extent(struct image *i, uint64_t off, struct extent *e);

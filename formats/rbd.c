@@ -37,6 +37,8 @@ struct rbd_priv {
 	rados_ioctx_t io;
 	rbd_image_t img;
 	bool connected, have_io, have_img;
+	char *name;                  /* the image's name in its pool */
+	bool at_snap;                /* opened at a snapshot: never tracked */
 	pthread_mutex_t ext_lock;
 	struct extent *ext;          /* allocation of [ext_from, ext_to), by kind */
 	size_t ext_n, ext_cap;
@@ -276,6 +278,7 @@ static int rbd_img_close(struct image *img)
 		rados_shutdown(p->cluster);
 	pthread_mutex_destroy(&p->ext_lock);
 	free(p->ext);
+	free(p->name);
 	free(p);
 	image_free(img);
 	return rc;
@@ -312,11 +315,88 @@ static int rbd_changed_since(struct image *img, const char *snap, struct change_
 	int r = rbd_diff_iterate2(p->img, snap, 0, img->size, 1, 0, mark_changed, &s);
 	if (r < 0) {
 		change_map_free(out);
-		if (r == -ENOENT)
-			return sp_err("%s: no snapshot '%s' to compare with", img->path, snap);
+		if (r == -ENOENT) {
+			sp_err("%s: no snapshot '%s' to compare with", img->path, snap);
+			return -2;
+		}
 		return sp_err("%s: changes since %s: %s", img->path, snap, strerror(-r));
 	}
 	change_map_count(out);
+	return 0;
+}
+
+/* --track: a snapshot per run (formats/image.h's track_start). Snapshots
+ * are made and removed on a handle of their own, opened to write (librbd
+ * asks a running VM's client for the exclusive lock for that instant, as
+ * `rbd snap create` does); reads stay on the read-only handle. */
+static int with_rw_handle(struct image *img, int (*fn)(rbd_image_t, const char *),
+			  const char *snap, const char *what)
+{
+	struct rbd_priv *p = img->priv;
+	rbd_image_t h;
+	int r = rbd_open(p->io, p->name, &h, NULL);
+	if (r == 0) {
+		r = fn(h, snap);
+		rbd_close(h);
+	}
+	return r < 0 ? sp_err("%s: %s snapshot %s: %s", img->path, what, snap, strerror(-r)) : 0;
+}
+
+static int rbd_trackable(struct image *img)
+{
+	struct rbd_priv *p = img->priv;
+	if (p->at_snap)
+		return sp_err("%s: --track takes snapshots of the image itself; name the image, "
+			      "not one of its snapshots", img->path);
+	return 0;
+}
+
+static int rbd_track_start(struct image *img, const char *new_name)
+{
+	struct rbd_priv *p = img->priv;
+	if (with_rw_handle(img, rbd_snap_create, new_name, "creating") < 0)
+		return -1;
+	/* A read-only handle does not learn of new snapshots: open again, at
+	 * the snapshot (nothing is in flight before the copy starts). */
+	rbd_image_t at;
+	int r = rbd_open_read_only(p->io, p->name, &at, new_name);
+	if (r < 0) {
+		with_rw_handle(img, rbd_snap_remove, new_name, "removing");
+		return sp_err("%s: reading snapshot %s: %s", img->path, new_name, strerror(-r));
+	}
+	rbd_close(p->img);
+	p->img = at;
+	uint64_t size;
+	if (rbd_get_size(p->img, &size) == 0)
+		img->size = size;
+	pthread_mutex_lock(&p->ext_lock);
+	p->ext_n = 0; /* the allocation is the snapshot's now */
+	p->ext_from = p->ext_to = 0;
+	pthread_mutex_unlock(&p->ext_lock);
+	return 0;
+}
+
+static void rbd_track_cancel(struct image *img, const char *new_name)
+{
+	if (with_rw_handle(img, rbd_snap_remove, new_name, "removing") < 0)
+		sp_warn("%s", sp_errmsg());
+}
+
+/* After a complete run: the older snapshot goes (this run's stays). */
+static int rbd_rotate(struct image *img, const char *old_name, const char *new_name)
+{
+	(void)new_name;
+	struct rbd_priv *p = img->priv;
+	if (!old_name)
+		return 0;
+	rbd_image_t h;
+	int r = rbd_open(p->io, p->name, &h, NULL);
+	if (r == 0) {
+		r = rbd_snap_remove(h, old_name);
+		rbd_close(h);
+	}
+	if (r < 0 && r != -ENOENT)
+		return sp_err("%s: removing snapshot %s: %s", img->path, old_name, strerror(-r));
 	return 0;
 }
 
@@ -330,6 +410,10 @@ static const struct image_ops rbd_ops = {
 	.flush = rbd_img_flush,
 	.close = rbd_img_close,
 	.dirty_bitmap = rbd_changed_since,
+	.bitmap_trackable = rbd_trackable,
+	.bitmap_rotate = rbd_rotate,
+	.track_start = rbd_track_start,
+	.track_cancel = rbd_track_cancel,
 };
 
 /* A connection to sp's cluster and pool; on failure nothing is left open.
@@ -414,6 +498,11 @@ struct image *rbd_image_open(const char *spec, bool writable)
 		goto fail;
 	}
 	p->have_img = true;
+	p->at_snap = sp.snap != NULL;
+	if (!(p->name = strdup(sp.image))) {
+		sp_err("%s: out of memory", spec);
+		goto fail;
+	}
 	uint64_t size;
 	if ((r = rbd_get_size(p->img, &size)) < 0) {
 		rbd_errno(spec, r);

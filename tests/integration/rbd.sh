@@ -77,6 +77,29 @@ check "  it is today's image" cmp "$T/s1.raw" "$T/src.raw"
 check_fails "--since a snapshot that does not exist" $TO "$SPARSYNC" copy --since nosuch "$(spec vm)" "$T/s1.raw"
 said "  named" "no snapshot 'nosuch'"
 
+# --track: a snapshot per run, the next run reads only what changed since
+# the destination's, the older snapshot goes after success only.
+snaps() { $RBD snap ls rbd/vm 2>/dev/null | grep -c ' sparsync-'; }
+check "--track, first run (a full copy)" $TO "$SPARSYNC" copy --json --track "$(spec vm)" "$T/tr.raw"
+check "  says why it read everything" grep -q '"track":"full' "$T/.last"
+check "  the copy is the image" cmp "$T/tr.raw" "$T/src.raw"
+check "  one snapshot of ours in the image ($(snaps))" test "$(snaps)" = 1
+first=$($RBD snap ls rbd/vm | awk '/ sparsync-/ { print $2 }')
+put_random "$T/src.raw" 4096 $((30 * MiB))
+"$SPARSYNC" copy -q "$T/src.raw" "$(spec vm)"
+check "--track, second run" $TO "$SPARSYNC" copy --json --track "$(spec vm)" "$T/tr.raw"
+read_tr=$(field bytes_read)
+check "  used the snapshot" grep -q '"track":"bitmap"' "$T/.last"
+check "  read only what changed since it (one 4 MiB object at most: $read_tr)" \
+	test "${read_tr:-999999999}" -le $((4 * MiB))
+check "  the copy is the image now" cmp "$T/tr.raw" "$T/src.raw"
+check "  still one snapshot of ours, a new one" sh -c "test \"\$($RBD snap ls rbd/vm | grep -c ' sparsync-')\" = 1 &&
+	! $RBD snap ls rbd/vm | grep -q ' $first '"
+check_fails "--track into a destination that cannot be written" $TO "$SPARSYNC" copy --track "$(spec vm)" "$T/nodir/tr.raw"
+check "  this run's snapshot is gone again ($(snaps))" test "$(snaps)" = 1
+check_fails "--track on a snapshot" $TO "$SPARSYNC" copy --track "$(spec vm@s1)" "$T/tr2.raw"
+said "  refused" "name the image, not one of its snapshots"
+
 # Errors: one line, exit 1, nothing left behind.
 check_fails "no such image" $TO "$SPARSYNC" copy "$(spec nosuch)" "$T/x.raw"
 said "  named" "no such image"
@@ -117,6 +140,10 @@ if sshd_start; then
 	check "  rbd export" exported vm2 "$T/src.raw"
 	check "pull a remote host's RBD image" $TO "$SPARSYNC" copy $R "127.0.0.1:$(spec vm2)" "$T/pulled.raw"
 	check "  the same bytes" cmp "$T/pulled.raw" "$T/src.raw"
+	check "pull with --track (the remote takes the snapshot)" $TO "$SPARSYNC" copy $R --track "127.0.0.1:$(spec vm2)" "$T/pulled.raw"
+	check "  again: only the change since it" $TO "$SPARSYNC" copy --json $R --track "127.0.0.1:$(spec vm2)" "$T/pulled.raw"
+	is "  nothing changed since the snapshot: nothing read at the source" bytes_read 0
+	check "  one snapshot of ours in the remote image" test "$($RBD snap ls rbd/vm2 | grep -c ' sparsync-')" = 1
 fi
 
 # The OSD killed mid-copy into a new image (a slow NBD source keeps the copy
