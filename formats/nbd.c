@@ -16,6 +16,7 @@
 #include "nbd.h"
 
 #include "change_map.h"
+#include "extent_list.h"
 
 #include "../core/error.h"
 
@@ -53,8 +54,7 @@ struct nbd_priv {
 	bool can_zero, can_flush;
 	/* The extents of the last block status reply, merged by kind. */
 	pthread_mutex_t ext_lock;
-	struct extent *ext;
-	size_t ext_n, ext_cap;
+	struct extent_list ext;
 };
 
 enum op { OP_READ, OP_WRITE, OP_ZERO, OP_FLUSH, OP_STATUS };
@@ -242,31 +242,16 @@ static int refill(struct image *img, uint64_t off)
 	if (rc == 0 && (st.n == 0 || st.ext[0].offset != off))
 		rc = sp_err("%s: the NBD server answered block status at %llu with no extent there",
 			    img->path, (unsigned long long)off);
-	p->ext_n = 0;
-	for (size_t i = 0; rc == 0 && i < st.n; i++) {
-		struct extent e = { st.ext[i].offset, st.ext[i].length, kind_of(st.ext[i].flags) };
-		if (e.offset >= img->size)
-			break;
-		if (e.length > img->size - e.offset)
-			e.length = img->size - e.offset;
-		if (p->ext_n && p->ext[p->ext_n - 1].kind == e.kind) {
-			p->ext[p->ext_n - 1].length += e.length;
-			continue;
-		}
-		if (p->ext_n == p->ext_cap) {
-			size_t cap = p->ext_cap ? p->ext_cap * 2 : 64;
-			struct extent *ne = realloc(p->ext, cap * sizeof *ne);
-			if (!ne) {
-				rc = sp_err("%s: out of memory", img->path);
-				break;
-			}
-			p->ext = ne;
-			p->ext_cap = cap;
-		}
-		p->ext[p->ext_n++] = e;
+	extent_list_reset(&p->ext);
+	for (size_t i = 0; rc == 0 && i < st.n && st.ext[i].offset < img->size; i++) {
+		uint64_t n = st.ext[i].length;
+		if (n > img->size - st.ext[i].offset)
+			n = img->size - st.ext[i].offset;
+		if (extent_list_add(&p->ext, st.ext[i].offset, n, kind_of(st.ext[i].flags)) < 0)
+			rc = sp_err("%s: out of memory", img->path);
 	}
 	if (rc < 0)
-		p->ext_n = 0;
+		extent_list_reset(&p->ext);
 	free(st.ext);
 	return rc;
 }
@@ -279,27 +264,9 @@ static int nbd_extent(struct image *img, uint64_t off, struct extent *out)
 		return 0;
 	}
 	pthread_mutex_lock(&p->ext_lock);
-	int rc = 0;
-	const struct extent *hit = NULL;
-	for (int tries = 0; !hit && rc == 0 && tries < 2; tries++) {
-		/* Binary search for the extent holding off. */
-		size_t lo = 0, hi = p->ext_n;
-		while (lo < hi) {
-			size_t mid = lo + (hi - lo) / 2;
-			const struct extent *e = &p->ext[mid];
-			if (off < e->offset)
-				hi = mid;
-			else if (off >= e->offset + e->length)
-				lo = mid + 1;
-			else {
-				hit = e;
-				break;
-			}
-		}
-		if (!hit && tries == 0)
-			rc = refill(img, off);
-	}
-	if (rc == 0 && !hit)
+	const struct extent *hit = extent_list_find(&p->ext, off);
+	int rc = hit ? 0 : refill(img, off);
+	if (rc == 0 && !hit && !(hit = extent_list_find(&p->ext, off)))
 		rc = sp_err("%s: the NBD server's block status does not cover offset %llu", img->path,
 			    (unsigned long long)off);
 	if (rc == 0)
@@ -409,7 +376,7 @@ static int nbd_img_close(struct image *img)
 	struct nbd_priv *p = img->priv;
 	close_conns(img);
 	pthread_mutex_destroy(&p->ext_lock);
-	free(p->ext);
+	extent_list_free(&p->ext);
 	free(p);
 	image_free(img);
 	return 0;

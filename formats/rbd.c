@@ -8,6 +8,7 @@
 #include "rbd.h"
 
 #include "change_map.h"
+#include "extent_list.h"
 
 #include "../core/error.h"
 
@@ -40,9 +41,7 @@ struct rbd_priv {
 	char *name;                  /* the image's name in its pool */
 	bool at_snap;                /* opened at a snapshot: never tracked */
 	pthread_mutex_t ext_lock;
-	struct extent *ext;          /* allocation of [ext_from, ext_to), by kind */
-	size_t ext_n, ext_cap;
-	uint64_t ext_from, ext_to;
+	struct extent_list ext;      /* the allocation of one stretch, by kind */
 };
 
 bool rbd_spec_is(const char *s)
@@ -114,44 +113,22 @@ static int rbd_errno(const char *what, int r)
 	return sp_err("%s: %s", what, strerror(r < 0 ? -r : r));
 }
 
-/* [from, from+len) of the allocation, as extents by kind, gaps as holes. */
+/* One stretch of the allocation, as extents by kind, gaps as holes. */
 struct walk {
-	struct rbd_priv *p;
+	struct extent_list *l;
 	uint64_t at;
 	bool oom;
 };
 
-static void push(struct walk *w, uint64_t off, uint64_t len, enum extent_kind kind)
-{
-	struct rbd_priv *p = w->p;
-	if (!len)
-		return;
-	if (p->ext_n && p->ext[p->ext_n - 1].kind == kind &&
-	    p->ext[p->ext_n - 1].offset + p->ext[p->ext_n - 1].length == off) {
-		p->ext[p->ext_n - 1].length += len;
-		return;
-	}
-	if (p->ext_n == p->ext_cap) {
-		size_t cap = p->ext_cap ? p->ext_cap * 2 : 64;
-		struct extent *ne = realloc(p->ext, cap * sizeof *ne);
-		if (!ne) {
-			w->oom = true;
-			return;
-		}
-		p->ext = ne;
-		p->ext_cap = cap;
-	}
-	p->ext[p->ext_n++] = (struct extent){ off, len, kind };
-}
-
 static int got_extent(uint64_t off, size_t len, int exists, void *arg)
 {
 	struct walk *w = arg;
-	if (off > w->at)
-		push(w, w->at, off - w->at, EXTENT_HOLE);
+	if (off > w->at && extent_list_add(w->l, w->at, off - w->at, EXTENT_HOLE) < 0)
+		w->oom = true;
 	if (off + len > w->at) {
 		uint64_t s = off > w->at ? off : w->at;
-		push(w, s, off + len - s, exists ? EXTENT_DATA : EXTENT_HOLE);
+		if (extent_list_add(w->l, s, off + len - s, exists ? EXTENT_DATA : EXTENT_HOLE) < 0)
+			w->oom = true;
 		w->at = off + len;
 	}
 	return 0;
@@ -161,16 +138,19 @@ static int refill(struct image *img, uint64_t off)
 {
 	struct rbd_priv *p = img->priv;
 	uint64_t len = img->size - off < RBD_MAP_CHUNK ? img->size - off : RBD_MAP_CHUNK;
-	struct walk w = { p, off, false };
-	p->ext_n = 0;
+	struct walk w = { &p->ext, off, false };
+	extent_list_reset(&p->ext);
 	int r = rbd_diff_iterate2(p->img, NULL, off, len, 1, 0, got_extent, &w);
 	if (r < 0)
 		return rbd_errno(img->path, r);
-	push(&w, w.at, off + len - w.at, EXTENT_HOLE);
-	if (w.oom)
+	if (w.at < off + len && extent_list_add(&p->ext, w.at, off + len - w.at, EXTENT_HOLE) < 0)
+		w.oom = true;
+	if (w.oom) {
+		extent_list_reset(&p->ext);
 		return sp_err("%s: out of memory", img->path);
-	p->ext_from = off;
-	p->ext_to = off + len;
+	}
+	p->ext.from = off;
+	p->ext.to = off + len;
 	return 0;
 }
 
@@ -178,24 +158,9 @@ static int rbd_extent(struct image *img, uint64_t off, struct extent *out)
 {
 	struct rbd_priv *p = img->priv;
 	pthread_mutex_lock(&p->ext_lock);
-	int rc = 0;
-	if (off < p->ext_from || off >= p->ext_to || !p->ext_n)
-		rc = refill(img, off);
-	const struct extent *hit = NULL;
-	size_t lo = 0, hi = p->ext_n;
-	while (rc == 0 && lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		const struct extent *e = &p->ext[mid];
-		if (off < e->offset)
-			hi = mid;
-		else if (off >= e->offset + e->length)
-			lo = mid + 1;
-		else {
-			hit = e;
-			break;
-		}
-	}
-	if (rc == 0 && !hit)
+	const struct extent *hit = extent_list_find(&p->ext, off);
+	int rc = hit ? 0 : refill(img, off);
+	if (rc == 0 && !hit && !(hit = extent_list_find(&p->ext, off)))
 		rc = sp_err("%s: no allocation known at %llu", img->path, (unsigned long long)off);
 	if (rc == 0)
 		*out = (struct extent){ off, hit->offset + hit->length - off, hit->kind };
@@ -277,7 +242,7 @@ static int rbd_img_close(struct image *img)
 	if (p->connected)
 		rados_shutdown(p->cluster);
 	pthread_mutex_destroy(&p->ext_lock);
-	free(p->ext);
+	extent_list_free(&p->ext);
 	free(p->name);
 	free(p);
 	image_free(img);
@@ -370,8 +335,7 @@ static int rbd_track_start(struct image *img, const char *new_name)
 	if (rbd_get_size(p->img, &size) == 0)
 		img->size = size;
 	pthread_mutex_lock(&p->ext_lock);
-	p->ext_n = 0; /* the allocation is the snapshot's now */
-	p->ext_from = p->ext_to = 0;
+	extent_list_reset(&p->ext); /* the allocation is the snapshot's now */
 	pthread_mutex_unlock(&p->ext_lock);
 	return 0;
 }

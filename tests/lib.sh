@@ -50,6 +50,15 @@ allocated() { echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); }
 
 # JSON field of a one-line object, e.g. json_field bytes_read < out.json
 json_field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+# field FIELD: the --json value of FIELD in the last check's output.
+field() { json_field "$1" <"$T/.last"; }
+# is NAME FIELD VALUE: the --json output of the last check has FIELD = VALUE.
+is() {
+	local v; v=$(field "$2")
+	if [ "$v" = "$3" ]; then pass "$1 ($2 = $v)"; else
+		fail "$1 ($2 = ${v:-missing}, want $3)"; sed 's/^/    | /' "$T/.last" | head -3
+	fi
+}
 
 # Merge a map JSON array (qemu-img's or ours) on stdin into "start end"
 # lines of data ranges.

@@ -16,7 +16,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-field() { json_field "$1" <"$T/.last"; }
 at_most() {
 	local v; v=$(field "$2")
 	if [ -n "$v" ] && [ "$v" -le "$3" ]; then pass "$1 ($2 = $v)"; else

@@ -10,14 +10,6 @@
 . "$TOP/tests/sshd_lib.sh"
 TO="timeout 600"
 
-field() { json_field "$1" <"$T/.last"; }
-# is NAME FIELD VALUE: the --json output of the last check has FIELD = VALUE.
-is() {
-	local v; v=$(field "$2")
-	if [ "$v" = "$3" ]; then pass "$1 ($2 = $v)"; else
-		fail "$1 ($2 = ${v:-missing}, want $3)"; sed 's/^/    | /' "$T/.last" | head -3
-	fi
-}
 above() {
 	local v; v=$(field "$2")
 	if [ -n "$v" ] && [ "$v" -gt "$3" ]; then pass "$1 ($2 = $v)"; else

@@ -34,13 +34,6 @@ nbdk() {
 }
 stop() { kill -9 "$(cat "$T/$1.pid")" 2>/dev/null; sleep 0.1; rm -f "$T/$1.sock"; }
 uri() { echo "nbd+unix:///${2:-}?socket=$T/$1.sock"; }
-field() { json_field "$1" <"$T/.last"; }
-is() {
-	local v; v=$(field "$2")
-	if [ "$v" = "$3" ]; then pass "$1 ($2 = $v)"; else
-		fail "$1 ($2 = ${v:-missing}, want $3)"; sed 's/^/    | /' "$T/.last" | head -3
-	fi
-}
 # data bytes of an image per qemu-img map (allocated, not zero)
 data_bytes() { qemu-img map -U --output=json "$@" | python3 -c '
 import json,sys; print(sum(e["length"] for e in json.load(sys.stdin) if e["data"]))'; }

@@ -20,13 +20,6 @@ case $SPARSYNC in *valgrind*) echo "rbd: not run under valgrind (librados)"; exi
 ceph_start || exit 0
 RBD="rbd -c $CEPH_CONF"
 spec() { echo "rbd:rbd/$1:conf=$CEPH_CONF"; }
-field() { json_field "$1" <"$T/.last"; }
-is() {
-	local v; v=$(field "$2")
-	if [ "$v" = "$3" ]; then pass "$1 ($2 = $v)"; else
-		fail "$1 ($2 = ${v:-missing}, want $3)"; sed 's/^/    | /' "$T/.last" | head -3
-	fi
-}
 exported() { rm -f "$T/exp.raw"; $RBD export "rbd/$1" "$T/exp.raw" >/dev/null 2>&1 && cmp "$T/exp.raw" "$2"; }
 
 # A 64 MiB disk: data at 10 MiB, a block at 20 MiB, the rest holes.
