@@ -174,6 +174,12 @@ def targets(rows):
                         hi <= lo * 1.5 + 0.1))
         else:
             res.append(("unchanged --track scaling: a row failed", False))
+    ratio_target("fs as RBD: push to qcow2 (ssh)", "rbd export | ssh dd", 3.0,
+                 "an RBD image of the fs image pushed to a qcow2, sparsync vs rbd export | ssh dd")
+    for r in rows:
+        if r["case"].startswith("fs as RBD:") and "--track" in r["case"] and r["tool"] == "sparsync":
+            res.append(("%s: read no more than the changed objects (checked): %s" % (
+                r["case"], r["status"]), r["status"] == "ok"))
     ratio_target("fs.qcow2 via NBD: local raw", "nbdcopy", 1.0,
                  "an NBD export of the fs image to a local raw file, sparsync vs nbdcopy")
     for r in rows:

@@ -9,7 +9,7 @@ export LC_ALL=C
 
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 KEEP=${KEEP:-0}
-BENCH_CASES=${BENCH_CASES:-local frag tib push dev track nbd}
+BENCH_CASES=${BENCH_CASES:-local frag tib push dev track nbd rbd}
 BENCH_TRACK_SCALE=${BENCH_TRACK_SCALE:-1G 4G 16G} # data in the --track scaling images
 BENCH_FS_SIZE=${BENCH_FS_SIZE:-8G}
 BENCH_FS_TREE=${BENCH_FS_TREE:-/usr/share}
@@ -62,6 +62,7 @@ SSHD_UP=0
 LOOPS=()   # loop devices the dev case attached: always detached
 cleanup() {
 	local l
+	[ -n "${CEPH_STOP:-}" ] && bash -c "$CEPH_STOP"
 	for l in ${NBD_PIDS:-}; do kill "$l" 2>/dev/null; done
 	for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
 	[ "$SSHD_UP" = 1 ] && sshd_stop
@@ -135,7 +136,7 @@ mk_qcow2() { qemu-img convert -f raw -O qcow2 "$IMG/fs.raw" "$IMG/fs.qcow2"; }
 mk_frag() { $PY "$TOP/bench/imgtool.py" frag "$IMG/frag.raw" "$BENCH_FRAG_SIZE" "$BENCH_FRAG_STRIDE" 7 >"$IMG/frag.count"; }
 mk_tib() { $PY "$TOP/bench/imgtool.py" sparse "$IMG/tib.raw" "$BENCH_TIB_SIZE" "$BENCH_TIB_DATA" "$BENCH_TIB_CHUNK" 11 >/dev/null; }
 
-if want local || want push || want dev || want track || want nbd; then
+if want local || want push || want dev || want track || want nbd || want rbd; then
 	build fs.raw "ext4 $BENCH_FS_SIZE -d $BENCH_FS_TREE" mk_fs
 fi
 { want local || want track || want nbd; } && build fs.qcow2 "qcow2 of $(cat "$IMG/fs.raw.stamp")" mk_qcow2
@@ -176,7 +177,7 @@ fi
 cat "$W/machine.md" >&2
 
 # ---------------------------------------------------------------- sshd
-if want push || want tib || want dev || want track || want nbd; then
+if want push || want tib || want dev || want track || want nbd || want rbd; then
 	# tests/sshd_lib.sh wants $T (its scratch dir), $TEST_NAME and fail().
 	T=$B/sshd; export TEST_NAME=bench; mkdir -p "$T"
 	fail() { say "bench: $*"; }
@@ -565,6 +566,53 @@ if want nbd; then
 	fi
 	kill "$(cat "$W/nbd.pid")" 2>/dev/null
 	rm -f "$src"
+fi
+
+# ---------------------------------------------------------------- rbd
+# The fs image as a Ceph RBD image (a single-node cluster on memstore,
+# tests/ceph_lib.sh), backed up over ssh: a full push into a qcow2, then a
+# 1 % change pushed with --track against rbd export-diff.
+if want rbd; then
+	c1="fs as RBD: push to qcow2 (ssh)"
+	c2="fs as RBD: ${BENCH_CHANGE_PCT}% changed, --track (ssh)"
+	if [ "$SSHD_UP" = 1 ]; then
+		CT=$B/ceph; mkdir -p "$CT"
+		( T=$CT; fail() { say "bench: $*"; }; . "$TOP/tests/ceph_lib.sh"; ceph_start >&2 ) ||
+			die "the Ceph cluster would not start"
+		CEPH_STOP="T=$CT; . '$TOP/tests/ceph_lib.sh'; ceph_stop"
+		CONF=$CT/ceph/ceph.conf
+		SPEC="rbd:rbd/fs:conf=$CONF"
+		bash -c "$SP '$IMG/fs.raw' '$SPEC'" >/dev/null || die "importing fs.raw into RBD failed"
+		mkdir -p "$R/rb" "$R/rd" "$R/rt" "$R/re"
+		RS="$SP $(sparsync_ssh_opts) --remote-path '$W/bin/sparsync-remote'"
+		bench_fresh "$c1" sparsync json "$R/rb/fs.qcow2" "$(same_img "$IMG/fs.raw" raw "$R/rb/fs.qcow2" qcow2)" \
+			"$RS '$SPEC' '127.0.0.1:$R/rb/fs.qcow2'"
+		bench_fresh "$c1" "rbd export | ssh dd" dd "$R/rd/fs.raw" "$(same_raw "$IMG/fs.raw" "$R/rd/fs.raw")" \
+			"rbd -c '$CONF' export --no-progress rbd/fs - | dd bs=1M 2>'$W/err.dd' | $SSH sparsync-test 'dd of=$R/rd/fs.raw bs=1M conv=sparse iflag=fullblock status=none'"
+		rm -rf "$R/rd" "$R/rb"
+		# Last night's backups (untimed): sparsync's with --track, the
+		# peer's snapshot for export-diff.
+		bash -c "$RS --track '$SPEC' '127.0.0.1:$R/rt/fs.qcow2'" >/dev/null || die "the --track baseline failed"
+		rbd -c "$CONF" snap create rbd/fs@base >/dev/null 2>&1 || die "rbd snap create failed"
+		cp --sparse=always "$IMG/fs.raw" "$W/rbdday2.raw"
+		read -r nchg nunits < <($PY "$TOP/bench/imgtool.py" change "$W/rbdday2.raw" "$W/rbdday2.journal" \
+			"$BENCH_CHANGE_PCT" "$BENCH_CHANGE_WRITE" 64K 29) || die "changing the image failed"
+		bash -c "$SP '$W/rbdday2.raw' '$SPEC'" >/dev/null || die "writing the change into RBD failed"
+		# What changed, in whole objects (librbd's own count): the bound.
+		objs=$(rbd -c "$CONF" diff --from-snap base --whole-object --format json rbd/fs |
+			$PY -c 'import json,sys; print(sum(e["length"] for e in json.load(sys.stdin)))')
+		echo "- ${BENCH_CHANGE_PCT}% changed (RBD rows): $BENCH_CHANGE_WRITE written into each of $nchg of the $nunits 64 KiB data blocks, then into the RBD image; $(human_bytes "$objs") of whole 4 MiB objects changed (rbd diff --whole-object)" >>"$W/machine.md"
+		REPS=1 bench_run "$c2" sparsync json "$R/rt/fs.qcow2" \
+			"$(same_img "$W/rbdday2.raw" raw "$R/rt/fs.qcow2" qcow2) && $JF && [ \"\$(jf bytes_read)\" -le $objs ]" \
+			"$RS --track '$SPEC' '127.0.0.1:$R/rt/fs.qcow2'"
+		REPS=1 bench_run "$c2" "rbd export-diff | ssh cat" dd "$R/re/fs.diff" "" \
+			"rbd -c '$CONF' export-diff --no-progress --from-snap base rbd/fs - | dd bs=1M 2>'$W/err.dd' | $SSH sparsync-test 'cat > $R/re/fs.diff'"
+		rm -rf "$R/rt" "$R/re" "$W/rbdday2.raw" "$W/rbdday2.journal"
+		bash -c "$CEPH_STOP"; CEPH_STOP=
+	else
+		skip_ssh "$c1" sparsync "rbd export | ssh dd"
+		skip_ssh "$c2" sparsync "rbd export-diff | ssh cat"
+	fi
 fi
 
 # ---------------------------------------------------------------- report
