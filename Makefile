@@ -7,7 +7,7 @@ CC ?= cc
 CFLAGS ?= -O2 -g
 PKGS = libzstd liblz4 libxxhash libssh2 zlib libnbd
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
-PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lrbd -lrados
+PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -ldl
 WARN = -Wall -Wextra -Werror
 BASE_CFLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) -pthread
 SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -23,7 +23,7 @@ ASAN_LIB_OBJ := $(LIB_SRC:%.c=build/asan/%.o)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=build/unit/%)
 UNIT_ASAN_BIN := $(UNIT_SRC:tests/unit/%.c=build/unit-asan/%)
 
-.PHONY: all asan unit check demo bench fuzz install uninstall clean deps
+.PHONY: all asan unit check demo bench bench-hosts fuzz install uninstall clean deps
 
 all: sparsync
 
@@ -105,6 +105,13 @@ bench:
 	@sh tests/install-deps.sh bench
 	@$(MAKE) --no-print-directory all
 	@bash bench/run.sh
+
+# Two hosts on one machine: a network namespace, a shaped veth link, a core
+# each (bench/two-hosts.sh; root).
+bench-hosts:
+	@sh tests/install-deps.sh bench
+	@$(MAKE) --no-print-directory all
+	@bash bench/two-hosts.sh
 
 install: sparsync
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1

@@ -12,6 +12,7 @@
 
 #include "../core/error.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <rados/librados.h>
@@ -20,6 +21,51 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+
+/* librados and librbd are loaded when an RBD image is first named, not
+ * at start: they are large (a start under valgrind took four times as
+ * long with them linked), and a host without Ceph runs everything else. */
+#define RADOS_FUNCS(X) X(rados_conf_parse_env) X(rados_conf_read_file) X(rados_conf_set) \
+	X(rados_connect) X(rados_create) X(rados_ioctx_create) X(rados_ioctx_destroy) \
+	X(rados_shutdown)
+#define RBD_FUNCS(X) X(rbd_close) X(rbd_create4) X(rbd_diff_iterate2) X(rbd_flush) \
+	X(rbd_get_size) X(rbd_image_options_create) X(rbd_image_options_destroy) \
+	X(rbd_image_options_set_uint64) X(rbd_open) X(rbd_open_read_only) X(rbd_read2) \
+	X(rbd_remove) X(rbd_rename) X(rbd_snap_create) X(rbd_snap_remove) X(rbd_watchers_list) \
+	X(rbd_watchers_list_cleanup) X(rbd_write2) X(rbd_write_zeroes)
+#define DECLARE(f) __typeof__(f) *f;
+static struct {
+	RADOS_FUNCS(DECLARE)
+	RBD_FUNCS(DECLARE)
+} L;
+static pthread_once_t load_once = PTHREAD_ONCE_INIT;
+static char load_error[512];
+
+static void load(void)
+{
+	void *rados = dlopen("librados.so.2", RTLD_NOW | RTLD_LOCAL);
+	void *rbd = rados ? dlopen("librbd.so.1", RTLD_NOW | RTLD_LOCAL) : NULL;
+	if (!rbd) {
+		snprintf(load_error, sizeof load_error, "%s", dlerror());
+		return;
+	}
+#define LOOKUP(f)                                                                       \
+	if (!*load_error && !(*(void **)&L.f = dlsym(strncmp(#f, "rbd_", 4) ? rados : rbd, #f))) \
+		snprintf(load_error, sizeof load_error, "%s", dlerror());
+	RADOS_FUNCS(LOOKUP)
+	RBD_FUNCS(LOOKUP)
+#undef LOOKUP
+}
+
+/* 0 when librbd is there to use; -1 with a line saying what is missing. */
+static int need_librbd(const char *spec)
+{
+	pthread_once(&load_once, load);
+	if (*load_error)
+		return sp_err("%s: RBD images need librbd and librados (Debian: librbd1): %s", spec,
+			      load_error);
+	return 0;
+}
 
 #define RBD_MAP_CHUNK (1ull << 32)   /* allocation asked for at once */
 #define RBD_IO_MAX (32u << 20)       /* one read or write call */
@@ -140,7 +186,7 @@ static int refill(struct image *img, uint64_t off)
 	uint64_t len = img->size - off < RBD_MAP_CHUNK ? img->size - off : RBD_MAP_CHUNK;
 	struct walk w = { &p->ext, off, false };
 	extent_list_reset(&p->ext);
-	int r = rbd_diff_iterate2(p->img, NULL, off, len, 1, 0, got_extent, &w);
+	int r = L.rbd_diff_iterate2(p->img, NULL, off, len, 1, 0, got_extent, &w);
 	if (r < 0)
 		return rbd_errno(img->path, r);
 	if (w.at < off + len && extent_list_add(&p->ext, w.at, off + len - w.at, EXTENT_HOLE) < 0)
@@ -173,7 +219,7 @@ static int rbd_img_pread(struct image *img, void *buf, size_t len, uint64_t off)
 	struct rbd_priv *p = img->priv;
 	for (size_t done = 0; done < len;) {
 		size_t n = len - done < RBD_IO_MAX ? len - done : RBD_IO_MAX;
-		ssize_t r = rbd_read2(p->img, off + done, n, (char *)buf + done, 0);
+		ssize_t r = L.rbd_read2(p->img, off + done, n, (char *)buf + done, 0);
 		if (r < 0)
 			return sp_err("%s: read at %llu: %s", img->path,
 				      (unsigned long long)(off + done), strerror((int)-r));
@@ -191,7 +237,7 @@ static int rbd_img_pwrite(struct image *img, const void *buf, size_t len, uint64
 	struct rbd_priv *p = img->priv;
 	for (size_t done = 0; done < len;) {
 		size_t n = len - done < RBD_IO_MAX ? len - done : RBD_IO_MAX;
-		ssize_t r = rbd_write2(p->img, off + done, n, (const char *)buf + done, 0);
+		ssize_t r = L.rbd_write2(p->img, off + done, n, (const char *)buf + done, 0);
 		if (r <= 0)
 			return sp_err("%s: write at %llu: %s", img->path,
 				      (unsigned long long)(off + done),
@@ -207,7 +253,7 @@ static int rbd_img_zero(struct image *img, uint64_t off, uint64_t len)
 	struct rbd_priv *p = img->priv;
 	for (uint64_t done = 0; done < len;) {
 		size_t n = len - done < (1u << 30) ? (size_t)(len - done) : (1u << 30);
-		ssize_t r = rbd_write_zeroes(p->img, off + done, n, 0, 0);
+		ssize_t r = L.rbd_write_zeroes(p->img, off + done, n, 0, 0);
 		if (r < 0)
 			return sp_err("%s: write-zeroes at %llu: %s", img->path,
 				      (unsigned long long)(off + done), strerror((int)-r));
@@ -219,7 +265,7 @@ static int rbd_img_zero(struct image *img, uint64_t off, uint64_t len)
 static int rbd_img_flush(struct image *img)
 {
 	struct rbd_priv *p = img->priv;
-	int r = img->writable ? rbd_flush(p->img) : 0;
+	int r = img->writable ? L.rbd_flush(p->img) : 0;
 	return r < 0 ? sp_err("%s: flush: %s", img->path, strerror(-r)) : 0;
 }
 
@@ -235,12 +281,12 @@ static int rbd_img_close(struct image *img)
 {
 	struct rbd_priv *p = img->priv;
 	int rc = 0;
-	if (p->have_img && rbd_close(p->img) < 0)
+	if (p->have_img && L.rbd_close(p->img) < 0)
 		rc = sp_err("%s: close failed", img->path);
 	if (p->have_io)
-		rados_ioctx_destroy(p->io);
+		L.rados_ioctx_destroy(p->io);
 	if (p->connected)
-		rados_shutdown(p->cluster);
+		L.rados_shutdown(p->cluster);
 	pthread_mutex_destroy(&p->ext_lock);
 	extent_list_free(&p->ext);
 	free(p->name);
@@ -249,7 +295,7 @@ static int rbd_img_close(struct image *img)
 	return rc;
 }
 
-/* What changed since snapshot name: every extent rbd_diff_iterate2 lists
+/* What changed since snapshot name: every extent L.rbd_diff_iterate2 lists
  * from it (an upper bound: an object new since then is listed whole, so
  * the sync compares hashes before anything is sent). */
 struct since {
@@ -277,7 +323,7 @@ static int rbd_changed_since(struct image *img, const char *snap, struct change_
 	if (!(out->bits = calloc(out->nbits / 8 + 1, 1)))
 		return sp_err("%s: out of memory", img->path);
 	struct since s = { out };
-	int r = rbd_diff_iterate2(p->img, snap, 0, img->size, 1, 0, mark_changed, &s);
+	int r = L.rbd_diff_iterate2(p->img, snap, 0, img->size, 1, 0, mark_changed, &s);
 	if (r < 0) {
 		change_map_free(out);
 		if (r == -ENOENT) {
@@ -299,10 +345,10 @@ static int with_rw_handle(struct image *img, int (*fn)(rbd_image_t, const char *
 {
 	struct rbd_priv *p = img->priv;
 	rbd_image_t h;
-	int r = rbd_open(p->io, p->name, &h, NULL);
+	int r = L.rbd_open(p->io, p->name, &h, NULL);
 	if (r == 0) {
 		r = fn(h, snap);
-		rbd_close(h);
+		L.rbd_close(h);
 	}
 	return r < 0 ? sp_err("%s: %s snapshot %s: %s", img->path, what, snap, strerror(-r)) : 0;
 }
@@ -319,20 +365,20 @@ static int rbd_trackable(struct image *img)
 static int rbd_track_start(struct image *img, const char *new_name)
 {
 	struct rbd_priv *p = img->priv;
-	if (with_rw_handle(img, rbd_snap_create, new_name, "creating") < 0)
+	if (with_rw_handle(img, L.rbd_snap_create, new_name, "creating") < 0)
 		return -1;
 	/* A read-only handle does not learn of new snapshots: open again, at
 	 * the snapshot (nothing is in flight before the copy starts). */
 	rbd_image_t at;
-	int r = rbd_open_read_only(p->io, p->name, &at, new_name);
+	int r = L.rbd_open_read_only(p->io, p->name, &at, new_name);
 	if (r < 0) {
-		with_rw_handle(img, rbd_snap_remove, new_name, "removing");
+		with_rw_handle(img, L.rbd_snap_remove, new_name, "removing");
 		return sp_err("%s: reading snapshot %s: %s", img->path, new_name, strerror(-r));
 	}
-	rbd_close(p->img);
+	L.rbd_close(p->img);
 	p->img = at;
 	uint64_t size;
-	if (rbd_get_size(p->img, &size) == 0)
+	if (L.rbd_get_size(p->img, &size) == 0)
 		img->size = size;
 	pthread_mutex_lock(&p->ext_lock);
 	extent_list_reset(&p->ext); /* the allocation is the snapshot's now */
@@ -342,7 +388,7 @@ static int rbd_track_start(struct image *img, const char *new_name)
 
 static void rbd_track_cancel(struct image *img, const char *new_name)
 {
-	if (with_rw_handle(img, rbd_snap_remove, new_name, "removing") < 0)
+	if (with_rw_handle(img, L.rbd_snap_remove, new_name, "removing") < 0)
 		sp_warn("%s", sp_errmsg());
 }
 
@@ -354,10 +400,10 @@ static int rbd_rotate(struct image *img, const char *old_name, const char *new_n
 	if (!old_name)
 		return 0;
 	rbd_image_t h;
-	int r = rbd_open(p->io, p->name, &h, NULL);
+	int r = L.rbd_open(p->io, p->name, &h, NULL);
 	if (r == 0) {
-		r = rbd_snap_remove(h, old_name);
-		rbd_close(h);
+		r = L.rbd_snap_remove(h, old_name);
+		L.rbd_close(h);
 	}
 	if (r < 0 && r != -ENOENT)
 		return sp_err("%s: removing snapshot %s: %s", img->path, old_name, strerror(-r));
@@ -385,32 +431,32 @@ static const struct image_ops rbd_ops = {
 static int connect_pool(const char *shown, const struct rbd_spec *sp, rados_t *cluster,
 			rados_ioctx_t *io)
 {
-	int r = rados_create(cluster, sp->id);
+	int r = L.rados_create(cluster, sp->id);
 	if (r < 0)
 		return rbd_errno(shown, r);
-	r = rados_conf_read_file(*cluster, sp->conf);
+	r = L.rados_conf_read_file(*cluster, sp->conf);
 	if (r < 0 && sp->conf) {
-		rados_shutdown(*cluster);
+		L.rados_shutdown(*cluster);
 		return sp_err("%s: cannot read the Ceph configuration %s: %s", shown, sp->conf,
 			      strerror(-r));
 	}
-	rados_conf_parse_env(*cluster, NULL);
+	L.rados_conf_parse_env(*cluster, NULL);
 	/* No cluster answering is an error after a while, not a hang. */
-	rados_conf_set(*cluster, "client_mount_timeout", RBD_CONNECT_TIMEOUT);
-	rados_conf_set(*cluster, "rados_mon_op_timeout", RBD_CONNECT_TIMEOUT);
+	L.rados_conf_set(*cluster, "client_mount_timeout", RBD_CONNECT_TIMEOUT);
+	L.rados_conf_set(*cluster, "rados_mon_op_timeout", RBD_CONNECT_TIMEOUT);
 	/* An OSD that died mid-copy: fail, do not wait forever. */
-	rados_conf_set(*cluster, "rados_osd_op_timeout", RBD_OP_TIMEOUT);
+	L.rados_conf_set(*cluster, "rados_osd_op_timeout", RBD_OP_TIMEOUT);
 	int rc = 0;
 	for (unsigned i = 0; rc == 0 && i < sp->nopts; i++)
-		if ((r = rados_conf_set(*cluster, sp->keys[i], sp->vals[i])) < 0)
+		if ((r = L.rados_conf_set(*cluster, sp->keys[i], sp->vals[i])) < 0)
 			rc = sp_err("%s: Ceph option %s: %s", shown, sp->keys[i], strerror(-r));
-	if (rc == 0 && (r = rados_connect(*cluster)) < 0)
+	if (rc == 0 && (r = L.rados_connect(*cluster)) < 0)
 		rc = sp_err("%s: cannot connect to the Ceph cluster: %s", shown, strerror(-r));
-	if (rc == 0 && (r = rados_ioctx_create(*cluster, sp->pool, io)) < 0)
+	if (rc == 0 && (r = L.rados_ioctx_create(*cluster, sp->pool, io)) < 0)
 		rc = sp_err("%s: pool %s: %s", shown, sp->pool,
 			    r == -ENOENT ? "no such pool" : strerror(-r));
 	if (rc < 0)
-		rados_shutdown(*cluster);
+		L.rados_shutdown(*cluster);
 	return rc;
 }
 
@@ -421,11 +467,11 @@ static int refuse_if_in_use(struct image *img)
 	struct rbd_priv *p = img->priv;
 	rbd_image_watcher_t w[16];
 	size_t n = sizeof w / sizeof *w;
-	int r = rbd_watchers_list(p->img, w, &n);
+	int r = L.rbd_watchers_list(p->img, w, &n);
 	if (r < 0 && r != -ERANGE)
 		return rbd_errno(img->path, r);
 	if (r == 0)
-		rbd_watchers_list_cleanup(w, n);
+		L.rbd_watchers_list_cleanup(w, n);
 	if (r == -ERANGE || n > 1)
 		return sp_err("%s: the RBD image is open in another client (a running VM?); refusing "
 			      "to write to it", img->path);
@@ -434,6 +480,8 @@ static int refuse_if_in_use(struct image *img)
 
 struct image *rbd_image_open(const char *spec, bool writable)
 {
+	if (need_librbd(spec) < 0)
+		return NULL;
 	struct rbd_spec sp;
 	struct rbd_priv *p = calloc(1, sizeof *p);
 	struct image *img = p ? image_alloc(&rbd_ops, spec, -1, FMT_RAW) : NULL;
@@ -452,8 +500,8 @@ struct image *rbd_image_open(const char *spec, bool writable)
 		sp_err("%s: a snapshot cannot be written", spec);
 		goto fail;
 	}
-	r = writable ? rbd_open(p->io, sp.image, &p->img, NULL)
-		     : rbd_open_read_only(p->io, sp.image, &p->img, sp.snap);
+	r = writable ? L.rbd_open(p->io, sp.image, &p->img, NULL)
+		     : L.rbd_open_read_only(p->io, sp.image, &p->img, sp.snap);
 	if (r < 0) {
 		if (r == -ENOENT)
 			sp_err("%s: %s", spec, sp.snap ? "no such image or snapshot" : "no such image");
@@ -468,7 +516,7 @@ struct image *rbd_image_open(const char *spec, bool writable)
 		goto fail;
 	}
 	uint64_t size;
-	if ((r = rbd_get_size(p->img, &size)) < 0) {
+	if ((r = L.rbd_get_size(p->img, &size)) < 0) {
 		rbd_errno(spec, r);
 		goto fail;
 	}
@@ -495,8 +543,8 @@ struct pool {
 static void pool_close(struct pool *p)
 {
 	if (p->open) {
-		rados_ioctx_destroy(p->io);
-		rados_shutdown(p->cluster);
+		L.rados_ioctx_destroy(p->io);
+		L.rados_shutdown(p->cluster);
 	}
 	free(p->sp.buf);
 	memset(p, 0, sizeof *p);
@@ -505,6 +553,8 @@ static void pool_close(struct pool *p)
 static int pool_open(struct pool *pl, const char *spec)
 {
 	memset(pl, 0, sizeof *pl);
+	if (need_librbd(spec) < 0)
+		return -1;
 	if (parse_spec(spec, &pl->sp) < 0 || connect_pool(spec, &pl->sp, &pl->cluster, &pl->io) < 0) {
 		pool_close(pl);
 		return -1;
@@ -519,9 +569,9 @@ int rbd_image_exists(const char *spec)
 	if (pool_open(&pl, spec) < 0)
 		return -1;
 	rbd_image_t img;
-	int r = rbd_open_read_only(pl.io, pl.sp.image, &img, NULL);
+	int r = L.rbd_open_read_only(pl.io, pl.sp.image, &img, NULL);
 	if (r == 0)
-		rbd_close(img);
+		L.rbd_close(img);
 	int rc = r == 0 ? 1 : r == -ENOENT ? 0 : rbd_errno(spec, r);
 	pool_close(&pl);
 	return rc;
@@ -546,8 +596,8 @@ struct image *rbd_image_create_temp(const char *spec, uint64_t size, char **tmp_
 		return NULL;
 	char name[512];
 	rbd_image_options_t opts;
-	rbd_image_options_create(&opts);
-	rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES,
+	L.rbd_image_options_create(&opts);
+	L.rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES,
 				     RBD_FEATURE_LAYERING | RBD_FEATURE_EXCLUSIVE_LOCK |
 				     RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF);
 	int r = -EEXIST;
@@ -556,9 +606,9 @@ struct image *rbd_image_create_temp(const char *spec, uint64_t size, char **tmp_
 		if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
 			rnd = (unsigned)tries;
 		snprintf(name, sizeof name, ".%s.sparsync-%06x", pl.sp.image, rnd & 0xffffff);
-		r = rbd_create4(pl.io, name, size, opts);
+		r = L.rbd_create4(pl.io, name, size, opts);
 	}
-	rbd_image_options_destroy(opts);
+	L.rbd_image_options_destroy(opts);
 	if (r < 0) {
 		sp_err("%s: cannot create the image: %s", spec, strerror(-r));
 		pool_close(&pl);
@@ -587,7 +637,7 @@ int rbd_image_rename(const char *tmp_spec, const char *spec)
 		pool_close(&a);
 		return -1;
 	}
-	int r = rbd_rename(a.io, a.sp.image, b.sp.image);
+	int r = L.rbd_rename(a.io, a.sp.image, b.sp.image);
 	free(b.sp.buf);
 	pool_close(&a);
 	if (r == -EEXIST)
@@ -601,6 +651,6 @@ void rbd_image_remove(const char *tmp_spec)
 	struct pool pl;
 	if (pool_open(&pl, tmp_spec) < 0)
 		return;
-	rbd_remove(pl.io, pl.sp.image);
+	L.rbd_remove(pl.io, pl.sp.image);
 	pool_close(&pl);
 }

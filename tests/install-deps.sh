@@ -5,7 +5,7 @@ set -e
 pkgs="build-essential pkg-config libssh2-1-dev libzstd-dev liblz4-dev libxxhash-dev zlib1g-dev
 qemu-utils openssh-server openssh-client e2fsprogs util-linux valgrind clang
 libnbd-dev libnbd-bin nbdkit librbd-dev ceph-mon ceph-osd ceph-common python3-rbd"
-[ "$1" = bench ] && pkgs="$pkgs rsync tar time"
+[ "$1" = bench ] && pkgs="$pkgs rsync tar time zstd iproute2"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -106,8 +106,14 @@ stop eio
 
 # A server that dies mid-copy: a new destination is not left, an old one
 # is rolled back.
+# kill_when_seen FILE: kill the slow server once FILE exists (the copy is
+# under way; under valgrind that takes a while), at most 60 s from now.
+kill_when_seen() {
+	( for _ in $(seq 600); do ls -a "$T" | grep -q "$1" && break; sleep 0.1; done
+	  sleep 0.3; kill -9 "$(cat "$T/slow.pid")" ) &
+}
 nbdk slow --filter=delay file "$T/vm.raw" rdelay=300ms
-( sleep 1; kill -9 "$(cat "$T/slow.pid")" ) &
+kill_when_seen '^\.died\.raw\.sparsync-'
 check_fails "the server killed mid-copy" $TO "$SPARSYNC" copy "$(uri slow)" "$T/died.raw"
 wait
 said "  named" "Transport endpoint is not connected|Connection reset|failed"
@@ -115,7 +121,8 @@ check "  no destination, no temporary" sh -c "! ls -A '$T' | grep -q 'died.raw'"
 cp --sparse=always "$T/vm.raw" "$T/old.raw"; put_random "$T/old.raw" $((2 * MiB)) $((50 * MiB))
 cp --sparse=always "$T/old.raw" "$T/old.bak"
 rm -f "$T/slow.sock"; nbdk slow --filter=delay file "$T/vm.raw" rdelay=300ms
-( sleep 1; kill -9 "$(cat "$T/slow.pid")" ) &
+kill_when_seen '^\.old\.raw\.sparsync-undo'
+
 check_fails "the server killed mid-sync" $TO "$SPARSYNC" copy "$(uri slow)" "$T/old.raw"
 wait
 check "  the old copy is intact" cmp "$T/old.raw" "$T/old.bak"

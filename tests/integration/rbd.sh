@@ -148,7 +148,7 @@ if command -v nbdkit >/dev/null; then
 	"$SPARSYNC" copy "nbd+unix:///?socket=$T/slow.sock" "$(spec dying):rados_osd_op_timeout=3" \
 		>"$T/dying.out" 2>&1 &
 	cp_pid=$!
-	sleep 1.5
+	for _ in $(seq 40); do $RBD ls rbd | grep -q '^.dying.sparsync-' && break; sleep 0.5; done
 	check "while it is written, only a temporary name exists" sh -c "$RBD ls rbd | grep -q '^.dying.sparsync-' && ! $RBD ls rbd | grep -qx dying"
 	kill -9 "$(cat "$CEPH_DIR/run/osd.0.pid")"
 	wait $cp_pid; rc=$?

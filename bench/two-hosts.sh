@@ -1,0 +1,145 @@
+#!/bin/bash
+# Two hosts on one machine (issue 18): the receiver's sshd runs in a network
+# namespace of its own, joined to this one by a veth pair, pinned to its own
+# core, with the link shaped by tc netem: 100 Mbit/s with 20 ms RTT, 1 Gbit/s
+# with 1 ms, and unshaped. Every tool pushes the same image through the same
+# link: tar -S | ssh, tar -Sz | ssh (zstd), rsync -S, rsync -S with zstd, and
+# sparsync. Every result is checked with cmp.
+#
+#   sudo bash bench/two-hosts.sh            (make bench-hosts)
+#
+# Knobs: HOSTS_LINKS ("100mbit:20ms 1gbit:1ms none"), HOSTS_IMG (an image
+# to push; default: an ext4 image of /usr/share/doc made here, 4 GiB),
+# HOSTS_TIMEOUT (seconds per run, 600).
+#
+# It only uses the two ends of its own veth pair (10.203.77.1 and .2 /30,
+# inside the namespace it creates) and sends nothing anywhere else; the
+# namespace, the veth pair, the qdiscs and the sshd are removed on exit,
+# also when interrupted.
+set -u
+. "$(dirname "$0")/env.sh"
+HOSTS_LINKS=${HOSTS_LINKS:-100mbit:20ms 1gbit:1ms none}
+HOSTS_TIMEOUT=${HOSTS_TIMEOUT:-600}
+[ "$(id -u)" = 0 ] || { echo "two-hosts: run as root (network namespaces, tc)" >&2; exit 2; }
+for c in ip tc taskset sshd ssh ssh-keygen rsync tar zstd mke2fs cmp "$SPARSYNC"; do
+	command -v "$c" >/dev/null || { echo "two-hosts: $c is missing" >&2; exit 2; }
+done
+
+NS=sps-bench-$$
+VA=spa$$ VB=spb$$
+A=10.203.77.1 Bip=10.203.77.2
+D=$BENCH_DIR/two-hosts.$$
+mkdir -p "$D/dst" "$D/ssh"
+SSHD_PID=
+cleanup() {
+	[ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null
+	ip link del "$VA" 2>/dev/null          # takes its peer and the qdiscs with it
+	ip netns del "$NS" 2>/dev/null
+	rm -rf "$D"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- the link ----
+ip netns add "$NS" &&
+	ip link add "$VA" type veth peer name "$VB" &&
+	ip link set "$VB" netns "$NS" &&
+	ip addr add "$A/30" dev "$VA" && ip link set "$VA" up &&
+	ip -n "$NS" addr add "$Bip/30" dev "$VB" && ip -n "$NS" link set "$VB" up &&
+	ip -n "$NS" link set lo up || { echo "two-hosts: cannot make the veth pair" >&2; exit 1; }
+shape() { # RATE:DELAY (each way half the RTT) or none
+	tc qdisc del dev "$VA" root 2>/dev/null
+	ip netns exec "$NS" tc qdisc del dev "$VB" root 2>/dev/null
+	[ "$1" = none ] && return 0
+	local rate=${1%%:*} rtt=${1#*:} half
+	half=$(awk -v r="${rtt%ms}" 'BEGIN { print r / 2 "ms" }')
+	tc qdisc add dev "$VA" root netem delay "$half" rate "$rate" limit 100000 &&
+		ip netns exec "$NS" tc qdisc add dev "$VB" root netem delay "$half" rate "$rate" limit 100000
+}
+
+# ---- the receiving host: sshd in the namespace, on core 1 ----
+ssh-keygen -q -t ed25519 -N '' -f "$D/ssh/host" && ssh-keygen -q -t ed25519 -N '' -f "$D/ssh/id" || exit 1
+cp "$D/ssh/id.pub" "$D/ssh/authorized_keys"
+cat >"$D/ssh/sshd_config" <<EOF
+ListenAddress $Bip
+Port 22
+HostKey $D/ssh/host
+AuthorizedKeysFile $D/ssh/authorized_keys
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin yes
+PidFile $D/ssh/sshd.pid
+LogLevel ERROR
+EOF
+mkdir -p /run/sshd
+ip netns exec "$NS" taskset -c 1 "$(command -v sshd)" -f "$D/ssh/sshd_config" -E "$D/ssh/sshd.log" ||
+	{ echo "two-hosts: sshd would not start" >&2; exit 1; }
+for _ in $(seq 50); do [ -s "$D/ssh/sshd.pid" ] && break; sleep 0.1; done
+SSHD_PID=$(cat "$D/ssh/sshd.pid")
+ssh-keyscan -t ed25519 "$Bip" >"$D/ssh/known_hosts" 2>/dev/null
+cat >"$D/ssh/config" <<EOF
+Host far
+	HostName $Bip
+	User root
+	IdentityFile $D/ssh/id
+	IdentitiesOnly yes
+	UserKnownHostsFile $D/ssh/known_hosts
+	BatchMode yes
+	LogLevel ERROR
+EOF
+SSH="ssh -F $D/ssh/config"
+$SSH far true || { echo "two-hosts: no ssh to the namespace" >&2; exit 1; }
+
+# ---- the image ----
+IMG=${HOSTS_IMG:-}
+if [ -z "$IMG" ]; then
+	IMG=$D/fs.raw
+	truncate -s 4G "$IMG" && mke2fs -q -F -t ext4 -d /usr/share/doc "$IMG" || exit 1
+fi
+NAME=$(basename "$IMG")
+DATA=$(du -B1 "$IMG" | cut -f1)
+
+# ---- runs: the sender on core 0 ----
+OUT=$D/results.tsv
+run() { # LINK TOOL CMD  (CMD writes $D/dst/$NAME; wire bytes in $D/wire)
+	local link=$1 tool=$2 cmd=$3 t0 t1 rc
+	rm -f "$D/dst/$NAME" "$D/wire"; sync; echo 3 >/proc/sys/vm/drop_caches
+	t0=$(date +%s.%N)
+	timeout "$HOSTS_TIMEOUT" taskset -c 0 bash -c "$cmd" >"$D/out" 2>"$D/err"; rc=$?
+	t1=$(date +%s.%N)
+	local secs status=ok
+	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+	if [ $rc = 124 ]; then status=TIMEOUT
+	elif [ $rc != 0 ]; then status="FAILED ($(tail -1 "$D/err" | cut -c1-80))"
+	elif ! cmp -s "$IMG" "$D/dst/$NAME"; then status="FAILED (differs)"; fi
+	local wire; wire=$(cat "$D/wire" 2>/dev/null)
+	printf '%s\t%s\t%s\t%s\t%s\n' "$link" "$tool" "$secs" "${wire:--}" "$status" | tee -a "$OUT" >&2
+}
+SP="$SPARSYNC copy --json -q -i $D/ssh/id --known-hosts $D/ssh/known_hosts --remote-path $SPARSYNC"
+for link in $HOSTS_LINKS; do
+	shape "$link" || { echo "two-hosts: tc netem failed for $link" >&2; exit 1; }
+	run "$link" sparsync "$SP '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && sed -n 's/.*\"bytes_sent\":\\([0-9]*\\).*/\\1/p' '$D/json' >'$D/wire'"
+	run "$link" "tar -S | ssh" "tar -C '$(dirname "$IMG")' -cSf - '$NAME' | dd bs=1M 2>'$D/dd' | $SSH far 'tar -C $D/dst -xSf -'; sed -n 's/^\\([0-9]*\\) bytes.*/\\1/p' '$D/dd' >'$D/wire'"
+	run "$link" "tar -Sz | ssh (zstd)" "tar -C '$(dirname "$IMG")' -cSf - '$NAME' | zstd -1 -q | dd bs=1M 2>'$D/dd' | $SSH far 'zstd -d -q | tar -C $D/dst -xSf -'; sed -n 's/^\\([0-9]*\\) bytes.*/\\1/p' '$D/dd' >'$D/wire'"
+	run "$link" "rsync -S" "rsync -S --stats -e '$SSH' '$IMG' 'far:$D/dst/$NAME' >'$D/rs' && sed -n 's/^Total bytes sent: *\\([0-9,]*\\).*/\\1/p' '$D/rs' | tr -d , >'$D/wire'"
+	run "$link" "rsync -S --zc=zstd" "rsync -S --stats --compress --compress-choice=zstd --compress-level=1 -e '$SSH' '$IMG' 'far:$D/dst/$NAME' >'$D/rs' && sed -n 's/^Total bytes sent: *\\([0-9,]*\\).*/\\1/p' '$D/rs' | tr -d , >'$D/wire'"
+done
+shape none
+
+# ---- the table: ratios against sparsync on the same link ----
+echo
+echo "## Two hosts: $NAME ($(numfmt --to=iec-i --suffix=B "$DATA") of data), sender on core 0, receiver's sshd on core 1"
+echo
+echo "| link | tool | seconds | wire bytes | ratio (tool s / sparsync s) | result |"
+echo "|---|---|---:|---:|---:|---|"
+awk -F'\t' '
+	{ row[NR] = $0; if ($2 == "sparsync" && $5 == "ok") ref[$1] = $3 }
+	END {
+		for (i = 1; i <= NR; i++) {
+			split(row[i], f, "\t")
+			r = (f[1] in ref && ref[f[1]] > 0 && f[5] == "ok") ? sprintf("%.2f", f[3] / ref[f[1]]) : "-"
+			printf "| %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4], r, f[5]
+		}
+	}' "$OUT"
