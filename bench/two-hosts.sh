@@ -53,9 +53,18 @@ shape() { # RATE:DELAY (each way half the RTT) or none
 	[ "$1" = none ] && return 0
 	local rate=${1%%:*} rtt=${1#*:} half
 	half=$(awk -v r="${rtt%ms}" 'BEGIN { print r / 2 "ms" }')
-	tc qdisc add dev "$VA" root netem delay "$half" rate "$rate" limit 100000 &&
+	if tc qdisc add dev "$VA" root netem delay "$half" rate "$rate" limit 100000 2>/dev/null; then
 		ip netns exec "$NS" tc qdisc add dev "$VB" root netem delay "$half" rate "$rate" limit 100000
+		LINK_NOTE=
+		return
+	fi
+	# A kernel without sch_netem: the rate alone (tbf), no added delay;
+	# the table says so.
+	tc qdisc add dev "$VA" root tbf rate "$rate" burst 256kb latency 100ms &&
+		ip netns exec "$NS" tc qdisc add dev "$VB" root tbf rate "$rate" burst 256kb latency 100ms &&
+		LINK_NOTE=" (no netem in this kernel: rate only, RTT not added)"
 }
+LINK_NOTE=
 
 # ---- the receiving host: sshd in the namespace, on core 1 ----
 ssh-keygen -q -t ed25519 -N '' -f "$D/ssh/host" && ssh-keygen -q -t ed25519 -N '' -f "$D/ssh/id" || exit 1
@@ -115,7 +124,7 @@ run() { # LINK TOOL CMD  (CMD writes $D/dst/$NAME; wire bytes in $D/wire)
 	elif [ $rc != 0 ]; then status="FAILED ($(tail -1 "$D/err" | cut -c1-80))"
 	elif ! cmp -s "$IMG" "$D/dst/$NAME"; then status="FAILED (differs)"; fi
 	local wire; wire=$(cat "$D/wire" 2>/dev/null)
-	printf '%s\t%s\t%s\t%s\t%s\n' "$link" "$tool" "$secs" "${wire:--}" "$status" | tee -a "$OUT" >&2
+	printf '%s\t%s\t%s\t%s\t%s\n' "$link$LINK_NOTE" "$tool" "$secs" "${wire:--}" "$status" | tee -a "$OUT" >&2
 }
 SP="$SPARSYNC copy --json -q -i $D/ssh/id --known-hosts $D/ssh/known_hosts --remote-path $SPARSYNC"
 for link in $HOSTS_LINKS; do
@@ -140,6 +149,7 @@ awk -F'\t' '
 		for (i = 1; i <= NR; i++) {
 			split(row[i], f, "\t")
 			r = (f[1] in ref && ref[f[1]] > 0 && f[5] == "ok") ? sprintf("%.2f", f[3] / ref[f[1]]) : "-"
+			gsub(/\|/, "\\|", f[2])
 			printf "| %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4], r, f[5]
 		}
 	}' "$OUT"
