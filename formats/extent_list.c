@@ -6,7 +6,6 @@
 void extent_list_reset(struct extent_list *l)
 {
 	l->n = 0;
-	l->from = l->to = 0;
 }
 
 int extent_list_add(struct extent_list *l, uint64_t off, uint64_t len, enum extent_kind kind)

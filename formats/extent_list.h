@@ -9,7 +9,6 @@
 struct extent_list {
 	struct extent *e;
 	size_t n, cap;
-	uint64_t from, to;   /* the stretch [from, to) it describes, once complete */
 };
 
 /* Empty, describing nothing. */

@@ -83,7 +83,7 @@ struct rbd_priv {
 	rados_t cluster;
 	rados_ioctx_t io;
 	rbd_image_t img;
-	bool connected, have_io, have_img;
+	bool connected, have_img;    /* cluster and pool; image */
 	char *name;                  /* the image's name in its pool */
 	bool at_snap;                /* opened at a snapshot: never tracked */
 	pthread_mutex_t ext_lock;
@@ -195,8 +195,6 @@ static int refill(struct image *img, uint64_t off)
 		extent_list_reset(&p->ext);
 		return sp_err("%s: out of memory", img->path);
 	}
-	p->ext.from = off;
-	p->ext.to = off + len;
 	return 0;
 }
 
@@ -283,10 +281,10 @@ static int rbd_img_close(struct image *img)
 	int rc = 0;
 	if (p->have_img && L.rbd_close(p->img) < 0)
 		rc = sp_err("%s: close failed", img->path);
-	if (p->have_io)
+	if (p->connected) {
 		L.rados_ioctx_destroy(p->io);
-	if (p->connected)
 		L.rados_shutdown(p->cluster);
+	}
 	pthread_mutex_destroy(&p->ext_lock);
 	extent_list_free(&p->ext);
 	free(p->name);
@@ -495,7 +493,7 @@ struct image *rbd_image_open(const char *spec, bool writable)
 	int r;
 	if (parse_spec(spec, &sp) < 0 || connect_pool(spec, &sp, &p->cluster, &p->io) < 0)
 		goto fail;
-	p->connected = p->have_io = true;
+	p->connected = true;
 	if (writable && sp.snap) {
 		sp_err("%s: a snapshot cannot be written", spec);
 		goto fail;
