@@ -136,12 +136,6 @@ static bool enqueue(struct pipeline *p, uint64_t off, size_t len)
 	return ok;
 }
 
-static unsigned default_workers(void)
-{
-	long n = sysconf(_SC_NPROCESSORS_ONLN);
-	return n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (unsigned)n;
-}
-
 /* The reader: walk extents over [pos, to), queue data blocks, send zero
  * ranges directly. Ranges are rounded out to the zero grain (the
  * destination's cluster) so that a data extent starting mid-cluster does
@@ -246,9 +240,7 @@ int copy_run(struct image *src, struct sink *sink, const struct copy_opts *o, st
 	p.read_ahead = o->read_ahead;
 	p.changed = o->changed;
 	p.changed_round = o->changed_round > p.grain ? o->changed_round : p.grain;
-	unsigned nw = o->workers ? o->workers : default_workers();
-	if (nw > MAX_WORKERS)
-		nw = MAX_WORKERS;
+	unsigned nw = image_workers(src, o->workers, MAX_WORKERS);
 	p.cap = 2 * (size_t)nw;
 	p.ring = calloc(p.cap, sizeof *p.ring);
 	if (!p.ring)

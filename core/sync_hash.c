@@ -234,12 +234,7 @@ int sync_hash_image(struct image *img, uint32_t unit, unsigned workers, sync_emi
 {
 	if (unit < SYNC_UNIT_MIN || unit > SYNC_UNIT_MAX || (unit & (unit - 1)))
 		return sp_err("internal error: hash unit %u", unit);
-	if (workers == 0) {
-		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		workers = n < 1 ? 1 : (unsigned)n;
-	}
-	if (workers > MAX_WORKERS)
-		workers = MAX_WORKERS;
+	workers = image_workers(img, workers, MAX_WORKERS);
 	while (workers > 1 && (uint64_t)workers * unit > ROUND_BYTES)
 		workers--;
 	struct hasher h;

@@ -195,6 +195,18 @@ struct image *image_create(const char *path, enum image_format fmt, uint64_t siz
 	return img;
 }
 
+unsigned image_workers(const struct image *img, unsigned asked, unsigned max)
+{
+	unsigned n = asked;
+	if (!n) {
+		long cores = sysconf(_SC_NPROCESSORS_ONLN);
+		n = cores < 1 ? 1 : (unsigned long)cores > max ? max : (unsigned)cores;
+		if (img && img->io_depth > n)
+			n = img->io_depth;
+	}
+	return n < 1 ? 1 : n > max ? max : n;
+}
+
 struct image *image_alloc(const struct image_ops *ops, const char *path, int fd,
 			  enum image_format fmt)
 {

@@ -84,6 +84,10 @@ struct image {
 	/* No allocation map: extents say "data" everywhere, and only reading
 	 * tells what is zero (block devices). */
 	bool alloc_unknown;
+	/* Requests worth having in flight at once when reading it (network
+	 * storage, where latency rather than our CPU bounds a request); 0 =
+	 * one per core. See image_workers. */
+	unsigned io_depth;
 	int fd;
 	uint64_t bytes_read;    /* bytes actually read from the underlying file(s) */
 	struct writeback *wb;   /* write-behind of data writes (writeback.h); NULL = none */
@@ -142,6 +146,9 @@ struct image *qcow2_create(const char *path, uint64_t size, const struct image_c
 char *backing_resolve(const char *overlay_path, const char *backing);
 
 /* Helpers for implementations. */
+/* How many threads read img at once: `asked` (-j) when set, else one per
+ * core or img's io_depth, whichever is more, at most max. */
+unsigned image_workers(const struct image *img, unsigned asked, unsigned max);
 struct image *image_alloc(const struct image_ops *ops, const char *path, int fd,
 			  enum image_format fmt);
 void image_free(struct image *img);

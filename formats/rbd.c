@@ -3,8 +3,12 @@
  * Allocation: rbd_diff_iterate2 from no snapshot, without whole_object,
  * lists the extents that exist (with object-map and fast-diff it reads no
  * data to do so); what it does not list, or lists as not existing
- * (discarded), reads as zeros. Reads and writes are librbd's synchronous
- * calls, which may run from the engine's worker threads at once. */
+ * (discarded), reads as zeros. Reads and writes go through librbd's aio:
+ * a request is cut at object boundaries and every piece is in flight at
+ * once (the objects live on different OSDs), and the engine runs
+ * RBD_IO_DEPTH workers so that many requests are outstanding even on a
+ * host with few cores: a cluster's latency, not our CPU, bounds one
+ * request. */
 #include "rbd.h"
 
 #include "change_map.h"
@@ -28,11 +32,12 @@
 #define RADOS_FUNCS(X) X(rados_conf_parse_env) X(rados_conf_read_file) X(rados_conf_set) \
 	X(rados_connect) X(rados_create) X(rados_ioctx_create) X(rados_ioctx_destroy) \
 	X(rados_shutdown)
-#define RBD_FUNCS(X) X(rbd_close) X(rbd_create4) X(rbd_diff_iterate2) X(rbd_flush) \
+#define RBD_FUNCS(X) X(rbd_aio_create_completion) X(rbd_aio_get_return_value) X(rbd_aio_read2) \
+	X(rbd_aio_release) X(rbd_aio_wait_for_complete) X(rbd_aio_write2) X(rbd_close) X(rbd_create4) X(rbd_diff_iterate2) X(rbd_flush) \
 	X(rbd_get_size) X(rbd_image_options_create) X(rbd_image_options_destroy) \
-	X(rbd_image_options_set_uint64) X(rbd_open) X(rbd_open_read_only) X(rbd_read2) \
-	X(rbd_remove) X(rbd_rename) X(rbd_snap_create) X(rbd_snap_remove) X(rbd_watchers_list) \
-	X(rbd_watchers_list_cleanup) X(rbd_write2) X(rbd_write_zeroes)
+	X(rbd_image_options_set_uint64) X(rbd_open) X(rbd_open_read_only) \
+	X(rbd_remove) X(rbd_rename) X(rbd_snap_create) X(rbd_snap_remove) X(rbd_stat) \
+	X(rbd_watchers_list) X(rbd_watchers_list_cleanup) X(rbd_write_zeroes)
 #define DECLARE(f) __typeof__(f) *f;
 static struct {
 	RADOS_FUNCS(DECLARE)
@@ -68,7 +73,8 @@ static int need_librbd(const char *spec)
 }
 
 #define RBD_MAP_CHUNK (1ull << 32)   /* allocation asked for at once */
-#define RBD_IO_MAX (32u << 20)       /* one read or write call */
+#define RBD_IO_PIECES 16             /* aio requests one call keeps in flight */
+#define RBD_IO_DEPTH 8               /* engine workers asked for (qemu-img's -m 8) */
 #define RBD_CONNECT_TIMEOUT "30"     /* seconds, unless the options say */
 #define RBD_OP_TIMEOUT "120"
 
@@ -86,6 +92,7 @@ struct rbd_priv {
 	bool connected, have_img;    /* cluster and pool; image */
 	char *name;                  /* the image's name in its pool */
 	bool at_snap;                /* opened at a snapshot: never tracked */
+	uint64_t obj_size;           /* the image's object size: pieces end there */
 	pthread_mutex_t ext_lock;
 	struct extent_list ext;      /* the allocation of one stretch, by kind */
 };
@@ -212,37 +219,65 @@ static int rbd_extent(struct image *img, uint64_t off, struct extent *out)
 	return rc;
 }
 
-static int rbd_img_pread(struct image *img, void *buf, size_t len, uint64_t off)
+/* One read or write as aio requests cut at object boundaries, up to
+ * RBD_IO_PIECES in flight; waits for all of them. 0 or -1 with the line. */
+static int rbd_io(struct image *img, bool write, char *buf, size_t len, uint64_t off)
 {
 	struct rbd_priv *p = img->priv;
-	for (size_t done = 0; done < len;) {
-		size_t n = len - done < RBD_IO_MAX ? len - done : RBD_IO_MAX;
-		ssize_t r = L.rbd_read2(p->img, off + done, n, (char *)buf + done, 0);
-		if (r < 0)
-			return sp_err("%s: read at %llu: %s", img->path,
-				      (unsigned long long)(off + done), strerror((int)-r));
-		if (r == 0)
-			return sp_err("%s: read at %llu: nothing came back", img->path,
-				      (unsigned long long)(off + done));
-		done += (size_t)r;
+	rbd_completion_t c[RBD_IO_PIECES];
+	size_t want[RBD_IO_PIECES];
+	uint64_t at[RBD_IO_PIECES];
+	int err = 0;
+	uint64_t bad_at = off;
+	for (size_t done = 0; done < len && !err;) {
+		unsigned n = 0;
+		for (; n < RBD_IO_PIECES && done < len; n++) {
+			uint64_t o = off + done;
+			uint64_t room = p->obj_size - o % p->obj_size;
+			size_t piece = len - done < room ? len - done : (size_t)room;
+			int r = L.rbd_aio_create_completion(NULL, NULL, &c[n]);
+			if (r == 0) {
+				r = write ? L.rbd_aio_write2(p->img, o, piece, buf + done, c[n], 0)
+					  : L.rbd_aio_read2(p->img, o, piece, buf + done, c[n], 0);
+				if (r < 0)
+					L.rbd_aio_release(c[n]);
+			}
+			if (r < 0) {
+				err = r;
+				bad_at = o;
+				break;
+			}
+			want[n] = piece;
+			at[n] = o;
+			done += piece;
+		}
+		for (unsigned i = 0; i < n; i++) {
+			L.rbd_aio_wait_for_complete(c[i]);
+			ssize_t r = L.rbd_aio_get_return_value(c[i]);
+			L.rbd_aio_release(c[i]);
+			/* A write completes with 0, a read with its length. */
+			if (!err && (r < 0 || (!write && (size_t)r != want[i]))) {
+				err = r < 0 ? (int)r : -EIO;
+				bad_at = at[i];
+			}
+		}
 	}
-	__atomic_add_fetch(&img->bytes_read, len, __ATOMIC_RELAXED);
+	if (err)
+		return sp_err("%s: %s at %llu: %s", img->path, write ? "write" : "read",
+			      (unsigned long long)bad_at, strerror(-err));
+	if (!write)
+		__atomic_add_fetch(&img->bytes_read, len, __ATOMIC_RELAXED);
 	return 0;
+}
+
+static int rbd_img_pread(struct image *img, void *buf, size_t len, uint64_t off)
+{
+	return rbd_io(img, false, buf, len, off);
 }
 
 static int rbd_img_pwrite(struct image *img, const void *buf, size_t len, uint64_t off)
 {
-	struct rbd_priv *p = img->priv;
-	for (size_t done = 0; done < len;) {
-		size_t n = len - done < RBD_IO_MAX ? len - done : RBD_IO_MAX;
-		ssize_t r = L.rbd_write2(p->img, off + done, n, (const char *)buf + done, 0);
-		if (r <= 0)
-			return sp_err("%s: write at %llu: %s", img->path,
-				      (unsigned long long)(off + done),
-				      r < 0 ? strerror((int)-r) : "nothing written");
-		done += (size_t)r;
-	}
-	return 0;
+	return rbd_io(img, true, (char *)buf, len, off);
 }
 
 /* Write-zeroes: RBD deallocates whole objects and zeroes the rest. */
@@ -518,7 +553,14 @@ struct image *rbd_image_open(const char *spec, bool writable)
 		rbd_errno(spec, r);
 		goto fail;
 	}
+	rbd_image_info_t info;
+	if ((r = L.rbd_stat(p->img, &info, sizeof info)) < 0) {
+		rbd_errno(spec, r);
+		goto fail;
+	}
+	p->obj_size = info.obj_size ? info.obj_size : 4u << 20;
 	img->size = size;
+	img->io_depth = RBD_IO_DEPTH;
 	img->writable = writable;
 	if (writable && refuse_if_in_use(img) < 0)
 		goto fail;
