@@ -34,7 +34,7 @@
 	X(rados_shutdown)
 #define RBD_FUNCS(X) X(rbd_aio_create_completion) X(rbd_aio_get_return_value) X(rbd_aio_read2) \
 	X(rbd_aio_release) X(rbd_aio_wait_for_complete) X(rbd_aio_write2) X(rbd_close) X(rbd_create4) X(rbd_diff_iterate2) X(rbd_flush) \
-	X(rbd_get_size) X(rbd_image_options_create) X(rbd_image_options_destroy) \
+	X(rbd_get_size) X(rbd_image_options_create) X(rbd_image_spec_list_cleanup) X(rbd_list2) X(rbd_image_options_destroy) \
 	X(rbd_image_options_set_uint64) X(rbd_open) X(rbd_open_read_only) \
 	X(rbd_remove) X(rbd_rename) X(rbd_snap_create) X(rbd_snap_remove) X(rbd_stat) \
 	X(rbd_watchers_list) X(rbd_watchers_list_cleanup) X(rbd_write_zeroes)
@@ -161,9 +161,19 @@ static int parse_spec(const char *text, struct rbd_spec *sp)
 	return 0;
 }
 
+/* librados' errno as a reason; a refusal by cephx says where to look. */
+static const char *why(int r)
+{
+	r = r < 0 ? -r : r;
+	if (r == EPERM || r == EACCES)
+		return "permission denied by the cluster (the Ceph user's caps do not allow it: "
+		       "ceph auth get client.NAME)";
+	return strerror(r);
+}
+
 static int rbd_errno(const char *what, int r)
 {
-	return sp_err("%s: %s", what, strerror(r < 0 ? -r : r));
+	return sp_err("%s: %s", what, why(r));
 }
 
 /* One stretch of the allocation, as extents by kind, gaps as holes. */
@@ -264,7 +274,7 @@ static int rbd_io(struct image *img, bool write, char *buf, size_t len, uint64_t
 	}
 	if (err)
 		return sp_err("%s: %s at %llu: %s", img->path, write ? "write" : "read",
-			      (unsigned long long)bad_at, strerror(-err));
+			      (unsigned long long)bad_at, why(err));
 	if (!write)
 		__atomic_add_fetch(&img->bytes_read, len, __ATOMIC_RELAXED);
 	return 0;
@@ -289,7 +299,7 @@ static int rbd_img_zero(struct image *img, uint64_t off, uint64_t len)
 		ssize_t r = L.rbd_write_zeroes(p->img, off + done, n, 0, 0);
 		if (r < 0)
 			return sp_err("%s: write-zeroes at %llu: %s", img->path,
-				      (unsigned long long)(off + done), strerror((int)-r));
+				      (unsigned long long)(off + done), why((int)r));
 		done += n;
 	}
 	return 0;
@@ -299,7 +309,7 @@ static int rbd_img_flush(struct image *img)
 {
 	struct rbd_priv *p = img->priv;
 	int r = img->writable ? L.rbd_flush(p->img) : 0;
-	return r < 0 ? sp_err("%s: flush: %s", img->path, strerror(-r)) : 0;
+	return r < 0 ? sp_err("%s: flush: %s", img->path, why(r)) : 0;
 }
 
 static int rbd_img_resize(struct image *img, uint64_t size)
@@ -363,7 +373,7 @@ static int rbd_changed_since(struct image *img, const char *snap, struct change_
 			sp_err("%s: no snapshot '%s' to compare with", img->path, snap);
 			return -2;
 		}
-		return sp_err("%s: changes since %s: %s", img->path, snap, strerror(-r));
+		return sp_err("%s: changes since %s: %s", img->path, snap, why(r));
 	}
 	change_map_count(out);
 	return 0;
@@ -383,7 +393,7 @@ static int with_rw_handle(struct image *img, int (*fn)(rbd_image_t, const char *
 		r = fn(h, snap);
 		L.rbd_close(h);
 	}
-	return r < 0 ? sp_err("%s: %s snapshot %s: %s", img->path, what, snap, strerror(-r)) : 0;
+	return r < 0 ? sp_err("%s: %s snapshot %s: %s", img->path, what, snap, why(r)) : 0;
 }
 
 static int rbd_trackable(struct image *img)
@@ -406,7 +416,7 @@ static int rbd_track_start(struct image *img, const char *new_name)
 	int r = L.rbd_open_read_only(p->io, p->name, &at, new_name);
 	if (r < 0) {
 		with_rw_handle(img, L.rbd_snap_remove, new_name, "removing");
-		return sp_err("%s: reading snapshot %s: %s", img->path, new_name, strerror(-r));
+		return sp_err("%s: reading snapshot %s: %s", img->path, new_name, why(r));
 	}
 	L.rbd_close(p->img);
 	p->img = at;
@@ -439,7 +449,7 @@ static int rbd_rotate(struct image *img, const char *old_name, const char *new_n
 		L.rbd_close(h);
 	}
 	if (r < 0 && r != -ENOENT)
-		return sp_err("%s: removing snapshot %s: %s", img->path, old_name, strerror(-r));
+		return sp_err("%s: removing snapshot %s: %s", img->path, old_name, why(r));
 	return 0;
 }
 
@@ -484,14 +494,16 @@ static int connect_pool(const char *shown, const struct rbd_spec *sp, rados_t *c
 		if ((r = L.rados_conf_set(*cluster, sp->keys[i], sp->vals[i])) < 0)
 			rc = sp_err("%s: Ceph option %s: %s", shown, sp->keys[i], strerror(-r));
 	if (rc == 0 && (r = L.rados_connect(*cluster)) < 0)
-		rc = sp_err("%s: cannot connect to the Ceph cluster: %s", shown, strerror(-r));
+		rc = sp_err("%s: cannot connect to the Ceph cluster: %s", shown, why(r));
 	if (rc == 0 && (r = L.rados_ioctx_create(*cluster, sp->pool, io)) < 0)
 		rc = sp_err("%s: pool %s: %s", shown, sp->pool,
-			    r == -ENOENT ? "no such pool" : strerror(-r));
+			    r == -ENOENT ? "no such pool" : why(r));
 	if (rc < 0)
 		L.rados_shutdown(*cluster);
 	return rc;
 }
+
+static void sweep_stale(rados_ioctx_t io, const char *pool, const char *image);
 
 /* Another client has the image open (a running VM): its watch is on the
  * image's header, beside ours. */
@@ -564,6 +576,8 @@ struct image *rbd_image_open(const char *spec, bool writable)
 	img->writable = writable;
 	if (writable && refuse_if_in_use(img) < 0)
 		goto fail;
+	if (writable)
+		sweep_stale(p->io, sp.pool, sp.image);
 	free(sp.buf);
 	return img;
 fail:
@@ -628,12 +642,67 @@ static char *spec_named(const char *spec, const char *pool, const char *name)
 	return s;
 }
 
+/* Does no client have image `name` open? (Asked before rbd_remove: on an
+ * image whose exclusive lock a dead client still holds, removal waits for
+ * that client to release it.) A read-only open sets no watch of its own. */
+static bool unwatched(rados_ioctx_t io, const char *name)
+{
+	rbd_image_t img;
+	if (L.rbd_open_read_only(io, name, &img, NULL) < 0)
+		return false;
+	rbd_image_watcher_t w[4];
+	size_t n = sizeof w / sizeof *w;
+	int r = L.rbd_watchers_list(img, w, &n);
+	if (r == 0)
+		L.rbd_watchers_list_cleanup(w, n);
+	L.rbd_close(img);
+	return r == 0 && n == 0;
+}
+
+/* Temporaries of image `base` (.BASE.sparsync-XXXXXX) that no client has
+ * open: a run killed while writing one. an image that is being watched (a live
+ * run's temporary) is never touched; a dead client's watch lapses after osd_client_watch_timeout (30 s), after
+ * which the next run on the same destination removes its temporary. */
+static void sweep_stale(rados_ioctx_t io, const char *pool, const char *image)
+{
+	char prefix[512];
+	int n = snprintf(prefix, sizeof prefix, ".%s.sparsync-", image);
+	if (n < 0 || (size_t)n >= sizeof prefix)
+		return;
+	size_t max = 64;
+	rbd_image_spec_t *list = NULL;
+	int r = -ERANGE;
+	while (r == -ERANGE && max <= (1u << 20)) {
+		free(list);
+		if (!(list = calloc(max, sizeof *list)))
+			return;
+		size_t got = max;
+		r = L.rbd_list2(io, list, &got);
+		if (r == -ERANGE)
+			max = got > max ? got : max * 2;
+		else
+			max = got;
+	}
+	if (r >= 0) {
+		for (size_t i = 0; i < max; i++) {
+			const char *name = list[i].name;
+			if (name && strncmp(name, prefix, (size_t)n) == 0 && strlen(name) == (size_t)n + 6 &&
+			    unwatched(io, name) && L.rbd_remove(io, name) == 0)
+				sp_warn("rbd:%s/%s: removed a temporary image left by an interrupted run",
+					pool, name);
+		}
+		L.rbd_image_spec_list_cleanup(list, max);
+	}
+	free(list);
+}
+
 struct image *rbd_image_create_temp(const char *spec, uint64_t size, char **tmp_spec)
 {
 	struct pool pl;
 	*tmp_spec = NULL;
 	if (pool_open(&pl, spec) < 0)
 		return NULL;
+	sweep_stale(pl.io, pl.sp.pool, pl.sp.image);
 	char name[512];
 	rbd_image_options_t opts;
 	L.rbd_image_options_create(&opts);
@@ -650,7 +719,7 @@ struct image *rbd_image_create_temp(const char *spec, uint64_t size, char **tmp_
 	}
 	L.rbd_image_options_destroy(opts);
 	if (r < 0) {
-		sp_err("%s: cannot create the image: %s", spec, strerror(-r));
+		sp_err("%s: cannot create the image: %s", spec, why(r));
 		pool_close(&pl);
 		return NULL;
 	}
@@ -683,7 +752,7 @@ int rbd_image_rename(const char *tmp_spec, const char *spec)
 	if (r == -EEXIST)
 		return sp_err("%s: an image of that name appeared while it was being written; the "
 			      "copy was not put in its place", spec);
-	return r < 0 ? sp_err("%s: rename from the temporary image: %s", spec, strerror(-r)) : 0;
+	return r < 0 ? sp_err("%s: rename from the temporary image: %s", spec, why(r)) : 0;
 }
 
 void rbd_image_remove(const char *tmp_spec)

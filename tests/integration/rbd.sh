@@ -45,6 +45,29 @@ $RBD create --size 1G rbd/empty
 check "copy of an empty 1 GiB image" $TO "$SPARSYNC" copy --json "$(spec empty)" "$T/empty.raw"
 is "  reads nothing" bytes_read 0
 
+# cephx: what a Ceph user's caps do not allow is refused by the cluster and
+# said as such, and nothing changes.
+ceph_user ro mon 'profile rbd' osd 'profile rbd-read-only pool=rbd'
+ceph_user nosd mon 'profile rbd'
+check "a read-only Ceph user copies the image out" $TO "$SPARSYNC" copy "$(spec vm):$(ceph_user_opts ro)" "$T/ro.raw"
+check "  the same bytes" cmp "$T/ro.raw" "$T/src.raw"
+put_random "$T/ro.raw" 4096 $((30 * MiB))
+check_fails "a read-only Ceph user writing into the image" $TO "$SPARSYNC" copy "$T/ro.raw" "$(spec vm):$(ceph_user_opts ro)"
+said "  permission denied, named" "rbd:rbd/vm"
+said "  says why" "permission denied by the cluster"
+check "  the image is unchanged" exported vm "$T/src.raw"
+check_fails "a read-only Ceph user creating an image" $TO "$SPARSYNC" copy "$T/ro.raw" "$(spec rofresh):$(ceph_user_opts ro)"
+said "  permission denied" "permission denied by the cluster"
+check "  nothing created" sh -c "! $RBD ls rbd | grep -q rofresh"
+check_fails "a Ceph user without OSD caps reading" $TO "$SPARSYNC" copy "$(spec vm):$(ceph_user_opts nosd)" "$T/nosd.raw"
+said "  permission denied" "permission denied by the cluster"
+check "  no destination" test ! -e "$T/nosd.raw"
+check_fails "a Ceph user the cluster does not know" $TO "$SPARSYNC" copy \
+	"$(spec vm):id=nobody:keyring=$CEPH_DIR/client.ro.keyring" "$T/nobody.raw"
+said "  cannot connect, named" "rbd:rbd/vm"
+check "  no destination" test ! -e "$T/nobody.raw"
+rm -f "$T/ro.raw"
+
 # An image that does not exist is created, under a temporary name until
 # it is complete.
 check "copy into a new RBD image" $TO "$SPARSYNC" copy --json "$T/src.raw" "$(spec fresh)"
@@ -137,6 +160,47 @@ if sshd_start; then
 	check "  again: only the change since it" $TO "$SPARSYNC" copy --json $R --track "127.0.0.1:$(spec vm2)" "$T/pulled.raw"
 	is "  nothing changed since the snapshot: nothing read at the source" bytes_read 0
 	check "  one snapshot of ours in the remote image" test "$($RBD snap ls rbd/vm2 | grep -c ' sparsync-')" = 1
+fi
+
+# sparsync killed -9 while writing a new image: the temporary stays (a
+# dead client cannot clean up) and nothing has the destination's name; the
+# next run on that destination removes it once no client watches it (here
+# the dead client is blocklisted, as an operator would; otherwise its watch
+# lapses after 30 s), and a temporary a live run is writing is left alone.
+if command -v nbdkit >/dev/null; then
+	truncate -s 64M "$T/slow2.raw"; put_random "$T/slow2.raw" $((64 * MiB)) 0
+	nbdkit -U "$T/slow2.sock" -P "$T/slow2.pid" --filter=delay file "$T/slow2.raw" rdelay=1
+	"$SPARSYNC" copy "nbd+unix:///?socket=$T/slow2.sock" "$(spec killed)" >/dev/null 2>&1 &
+	cp_pid=$!
+	for _ in $(seq 40); do $RBD ls rbd | grep -q '^.killed.sparsync-' && break; sleep 0.5; done
+	kill -9 $cp_pid; wait $cp_pid 2>/dev/null
+	tmp=$($RBD ls rbd | grep '^.killed.sparsync-')
+	check "killed while writing a new image: its temporary stays, no image of that name" \
+		sh -c "[ -n '$tmp' ] && ! $RBD ls rbd | grep -qx killed"
+	# A live run writing another temporary of the same name meanwhile.
+	"$SPARSYNC" copy "nbd+unix:///?socket=$T/slow2.sock" "$(spec killed)" >"$T/live.out" 2>&1 &
+	live_pid=$!
+	for _ in $(seq 40); do [ "$($RBD ls rbd | grep -c '^.killed.sparsync-')" = 2 ] && break; sleep 0.5; done
+	live=$($RBD ls rbd | grep '^.killed.sparsync-' | grep -vx "$tmp")
+	addr=$($RBD status "rbd/$tmp" --format json 2>/dev/null |
+		/usr/bin/python3 -c 'import json,sys; print(" ".join(w["address"] for w in json.load(sys.stdin)["watchers"]))')
+	for a in $addr; do ceph -c "$CEPH_CONF" osd blocklist add "$a" >/dev/null 2>&1; done
+	check "  the next run succeeds" $TO "$SPARSYNC" copy "$T/src.raw" "$(spec killed)"
+	said "  and says it removed the stale temporary" "removed a temporary image left by an interrupted run"
+	check "  the stale temporary is gone" sh -c "! $RBD ls rbd | grep -qx '$tmp'"
+	check "  the live run's temporary is not" sh -c "[ -n '$live' ] && $RBD ls rbd | grep -qx '$live'"
+	check "  rbd export gives the source" exported killed "$T/src.raw"
+	# Stopped by SIGTERM, the live run is as good as killed: a signal
+	# handler cannot call librbd, so its temporary is left for the next
+	# run, and nothing it wrote ever carries the image's name.
+	kill $live_pid 2>/dev/null; wait $live_pid 2>/dev/null
+	kill "$(cat "$T/slow2.pid")" 2>/dev/null
+	check "  a run stopped by SIGTERM leaves the image as it was" exported killed "$T/src.raw"
+	addr=$($RBD status "rbd/$live" --format json 2>/dev/null |
+		/usr/bin/python3 -c 'import json,sys; print(" ".join(w["address"] for w in json.load(sys.stdin)["watchers"]))')
+	for a in $addr; do ceph -c "$CEPH_CONF" osd blocklist add "$a" >/dev/null 2>&1; done
+	check "  and the run after it" $TO "$SPARSYNC" copy "$T/src.raw" "$(spec killed)"
+	check "  removes that temporary too" sh -c "! $RBD ls rbd | grep -q '^.killed.sparsync-'"
 fi
 
 # The OSD killed mid-copy into a new image (a slow NBD source keeps the copy
