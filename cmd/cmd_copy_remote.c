@@ -293,8 +293,7 @@ static void sender_setup(const struct copy_cli *cli, const struct image *src, bo
 {
 	memset(so, 0, sizeof *so);
 	memset(co, 0, sizeof *co);
-	so->codec.codec = WIRE_ZSTD;
-	so->codec.level = 1;
+	so->codec = (struct codec_choice){ .codec = WIRE_ZSTD, .level = 1, .adapt = true };
 	if (cli->wire_compress)
 		codec_parse(cli->wire_compress, &so->codec); /* checked when parsed */
 	so->block_size = BLOCK_SIZE_DEFAULT;

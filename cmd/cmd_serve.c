@@ -76,8 +76,7 @@ int serve_parse(int argc, char **argv, struct serve_args *a)
 	};
 	int c;
 	uint64_t v;
-	a->codec.codec = WIRE_ZSTD;
-	a->codec.level = 1;
+	a->codec = (struct codec_choice){ .codec = WIRE_ZSTD, .level = 1, .adapt = true };
 	a->hash_unit = SYNC_UNIT_RAW;
 	while ((c = getopt_long(argc, argv, "f:O:c:j:Uh", opts, NULL)) != -1) {
 		switch (c) {

@@ -26,6 +26,12 @@ int codec_parse(const char *s, struct codec_choice *out)
 		out->codec = WIRE_NONE;
 		return 0;
 	}
+	if (strcmp(s, "auto") == 0) {
+		out->codec = WIRE_ZSTD;
+		out->level = 1;
+		out->adapt = true;
+		return 0;
+	}
 	if (strcmp(s, "lz4") == 0) {
 		out->codec = WIRE_LZ4;
 		return 0;
@@ -44,7 +50,7 @@ int codec_parse(const char *s, struct codec_choice *out)
 		}
 		return 0;
 	}
-	return sp_err("--compress %s: expected zstd[:LEVEL], lz4 or none", s);
+	return sp_err("--compress %s: expected auto, zstd[:LEVEL], lz4 or none", s);
 }
 
 const char *codec_name(enum wire_codec c)

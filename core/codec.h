@@ -4,6 +4,7 @@
 #ifndef SPARSYNC_CODEC_H
 #define SPARSYNC_CODEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -13,9 +14,13 @@ enum wire_codec { WIRE_NONE = 0, WIRE_ZSTD = 1, WIRE_LZ4 = 2, WIRE_CODEC_COUNT }
 struct codec_choice {
 	enum wire_codec codec;
 	int level; /* zstd level; ignored by the others */
+	/* "auto": the level follows the link (core/adapt.h), starting at
+	 * zstd 1; codec and level are where it starts. */
+	bool adapt;
 };
 
-/* "zstd", "zstd:LEVEL", "lz4", "none" -> choice. -1 with a message on junk. */
+/* "auto", "zstd" (= zstd:1), "zstd:LEVEL", "lz4", "none" -> choice. -1
+ * with a message on junk. */
 int codec_parse(const char *s, struct codec_choice *out);
 const char *codec_name(enum wire_codec c);
 /* Largest output the codec may produce for len input bytes; 0 for an

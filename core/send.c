@@ -102,8 +102,11 @@ static int raw_write(struct sender *s, const void *p, size_t n)
 {
 	if (s->dead)
 		return sp_err("%s", s->deadmsg);
+	uint64_t t0 = s->ad.on ? adapt_now_ns() : 0;
 	if (transport_write(s->t, p, n) < 0)
 		return wire_failed(s);
+	if (s->ad.on)
+		adapt_write(&s->ad, adapt_now_ns() - t0);
 	__atomic_store_n(&s->base.stats->bytes_sent, s->t->bytes_out, __ATOMIC_RELAXED);
 	return 0;
 }
@@ -152,14 +155,20 @@ static int flush_zero(struct sender *s)
 static int send_piece(struct sender *s, struct send_scratch *w, uint64_t off, const uint8_t *buf,
 		      size_t len)
 {
+	int rung;
+	struct codec_choice ch = adapt_pick(&s->ad, &rung);
 	struct block_job j = {
-		.off = off, .buf = buf, .len = (uint32_t)len, .codec = &s->o.codec,
+		.off = off, .buf = buf, .len = (uint32_t)len, .codec = &ch,
 		.cc = w->cc, .cbuf = w->cbuf,
 	};
+	uint64_t t0 = s->ad.on ? adapt_now_ns() : 0;
 	if (send_block_prepare(&j) < 0)
 		return -1;
+	uint64_t t1 = s->ad.on ? adapt_now_ns() : 0;
 	int rc = 0;
 	pthread_mutex_lock(&s->lock);
+	uint64_t t2 = s->ad.on ? adapt_now_ns() : 0;
+	adapt_block(&s->ad, rung, len, j.rec.clen, t1 - t0, t2 - t1);
 	if (s->o.dry_run) {
 		/* What a real run would put on the wire, in the same records. */
 		rc = flush_zero(s);
@@ -171,6 +180,7 @@ static int send_piece(struct sender *s, struct send_scratch *w, uint64_t off, co
 		proto_digest_data(&s->dg, off, j.rec.length, &j.rec.hash);
 		s->end.data_bytes += len;
 		s->end.data_records++;
+		adapt_tick(&s->ad);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return rc;
@@ -234,6 +244,11 @@ static int send_finish(struct sink *base)
 		s->end.bytes_unchanged = s->filter.bytes_unchanged;
 	}
 	struct sp_stats *st = base->stats;
+	adapt_report(&s->ad, st);
+	if (st->ncodecs && sp_verbose()) {
+		char line[512];
+		sp_info("%s: wire compression %s", s->s.peer, stats_codecs_line(st, line, sizeof line));
+	}
 	proto_digest_final(&s->dg, &s->end.digest);
 	uint8_t b[PROTO_FRAME_SIZE + PROTO_END_SIZE];
 	size_t n = proto_encode_end(b, &s->end);
@@ -304,6 +319,8 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 
 	struct proto_hello mine, peer;
 	uint64_t caps = CAP_HASH_XXH3_128 | CAP_CODEC(WIRE_NONE) | CAP_CODEC(o->codec.codec);
+	if (o->codec.adapt)
+		caps |= CAP_CODEC(WIRE_LZ4);
 	if (o->sync && !o->stream)
 		caps |= CAP_SYNC;
 	if (!o->stream)
@@ -325,12 +342,24 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 		return sp_err("%s: the remote sparsync cannot decompress %s; use --compress none",
 			      t->name, codec_name(o->codec.codec));
 	s->cover = s->s.caps & CAP_DIGEST;
+	/* A stream (an archive) and a dry run (whose count must match a real
+	 * run's) have no link to follow: they keep where auto starts. */
+	struct codec_choice ch = o->codec;
+	if (o->stream || o->dry_run)
+		ch.adapt = false;
+	adapt_init(&s->ad, &ch, proto_codec_allowed(&s->s, WIRE_LZ4));
 	int rc = s->s.caps & CAP_SYNC ? read_hash_list(s) : 0;
+	char cname[32];
+	if (ch.adapt)
+		snprintf(cname, sizeof cname, "auto, from zstd:%d", ch.level);
+	else if (ch.codec == WIRE_ZSTD)
+		snprintf(cname, sizeof cname, "zstd:%d", ch.level);
+	else
+		snprintf(cname, sizeof cname, "%s", codec_name(ch.codec));
 	if (rc == 0)
 		sp_info("%s: %s; codec %s", t->name,
 			s->syncing ? "sync: only units that differ from the receiver's hash list are sent"
-			: o->stream ? "stream" : "new copy: the receiver holds nothing yet",
-			codec_name(o->codec.codec));
+			: o->stream ? "stream" : "new copy: the receiver holds nothing yet", cname);
 	return rc;
 }
 

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "adapt.h"
 #include "codec.h"
 #include "hash.h"
 #include "protocol.h"
@@ -94,6 +95,7 @@ struct sender {
 	struct sync_filter filter;     /* in front of base when syncing */
 	const uint8_t *track_send;     /* --track: the id sender_begin passes on */
 	uint64_t dry_wire, dry_data;   /* --dry-run: record bytes and data bytes not sent */
+	struct adapt ad;               /* the codec and level of each block */
 };
 
 /* Exchange hellos (stream: write ours only) and agree on codec and block

@@ -25,6 +25,22 @@ const char *human_bytes(uint64_t n, char *buf, size_t len)
 	return buf;
 }
 
+const char *stats_codecs_line(const struct sp_stats *s, char *buf, size_t len)
+{
+	size_t at = 0;
+	buf[0] = '\0';
+	if (s->compress_adaptive)
+		at += (size_t)snprintf(buf, len, "auto (%u change%s): ", s->compress_changes,
+				       s->compress_changes == 1 ? "" : "s");
+	for (unsigned i = 0; i < s->ncodecs && at < len; i++) {
+		char a[32], b[32];
+		at += (size_t)snprintf(buf + at, len - at, "%s%s %s -> %s", i ? ", " : "",
+				       s->codecs[i].name, human_bytes(s->codecs[i].in, a, sizeof a),
+				       human_bytes(s->codecs[i].out, b, sizeof b));
+	}
+	return buf;
+}
+
 void stats_print_json(FILE *f, const char *op, const struct sp_stats *s)
 {
 	fprintf(f,
@@ -48,6 +64,15 @@ void stats_print_json(FILE *f, const char *op, const struct sp_stats *s)
 		fprintf(f, "\"track\":\"%s\",", s->track);
 	if (s->dry_run)
 		fprintf(f, "\"dry_run\":true,");
+	if (s->ncodecs) {
+		/* "compress":{"mode":"auto","changes":2,"levels":{"zstd:1":{"in":N,"out":M},...}} */
+		fprintf(f, "\"compress\":{\"mode\":\"%s\",\"changes\":%u,\"levels\":{",
+			s->compress_adaptive ? "auto" : "fixed", s->compress_changes);
+		for (unsigned i = 0; i < s->ncodecs; i++)
+			fprintf(f, "%s\"%s\":{\"in\":%llu,\"out\":%llu}", i ? "," : "", s->codecs[i].name,
+				(unsigned long long)s->codecs[i].in, (unsigned long long)s->codecs[i].out);
+		fprintf(f, "}},");
+	}
 	fprintf(f, "\"seconds\":%.3f}\n", s->seconds);
 	fflush(f);
 }
@@ -92,6 +117,11 @@ void stats_print_table(FILE *f, const struct sp_stats *s)
 		fprintf(f, "%-28s %s\n", "Digest file:", s->digest);
 	if (s->track)
 		fprintf(f, "%-28s %s\n", "Tracking:", s->track);
+	if (s->ncodecs) {
+		char line[512];
+		stats_codecs_line(s, line, sizeof line);
+		fprintf(f, "%-28s %s\n", "Wire compression:", line);
+	}
 	char r[32];
 	fprintf(f, "%-28s %.3f s (%s/s of data)\n", "Time:", s->seconds,
 		human_bytes(s->seconds > 0 ? (uint64_t)((double)s->bytes_data / s->seconds) : 0, r,

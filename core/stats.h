@@ -6,7 +6,10 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <stdio.h>
+
+#define SP_CODECS_MAX 9
 
 struct sp_stats {
 	uint64_t bytes_virtual;   /* virtual size of the source */
@@ -36,6 +39,15 @@ struct sp_stats {
 	 * image was compared this time; NULL without --track. */
 	const char *track;
 	bool dry_run;             /* nothing was written: the figures say what would be */
+	/* Wire compression this process used (core/adapt.h): data bytes in
+	 * and out per codec and level; none when it sent nothing. */
+	struct sp_codec_use {
+		char name[12];        /* "zstd:3", "lz4", "none" */
+		uint64_t in, out;
+	} codecs[SP_CODECS_MAX];
+	unsigned ncodecs;
+	bool compress_adaptive;   /* --compress auto */
+	unsigned compress_changes;
 };
 
 #define stats_add(field, n) __atomic_add_fetch(&(field), (uint64_t)(n), __ATOMIC_RELAXED)
@@ -45,6 +57,8 @@ void stats_print_json(FILE *f, const char *op, const struct sp_stats *s);
 void stats_print_human(FILE *f, const char *op, const struct sp_stats *s);
 /* --stats: one labelled line per figure, like rsync --stats. */
 void stats_print_table(FILE *f, const struct sp_stats *s);
+/* "auto (2 changes): zstd:1 10 MiB -> 4 MiB, zstd:3 ..." into buf. */
+const char *stats_codecs_line(const struct sp_stats *s, char *buf, size_t len);
 /* "1.5 GiB" style, into buf. */
 const char *human_bytes(uint64_t n, char *buf, size_t len);
 

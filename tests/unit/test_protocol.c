@@ -216,7 +216,7 @@ static size_t make_data(uint8_t *out, uint64_t off, const uint8_t *buf, uint32_t
 			enum wire_codec codec)
 {
 	struct codec_ctx *cc = codec_ctx_new();
-	struct codec_choice ch = { codec, 1 };
+	struct codec_choice ch = { .codec = codec, .level = 1 };
 	uint8_t *cbuf = malloc(PROTO_DATA_PAYLOAD_AT + len);
 	struct block_job j = { .off = off, .buf = buf, .len = len, .codec = &ch, .cc = cc, .cbuf = cbuf };
 	send_block_prepare(&j);

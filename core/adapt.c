@@ -1,0 +1,142 @@
+#include "adapt.h"
+
+#include "error.h"
+#include "stats.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+/* A window long enough to hold many blocks even on a slow link, short
+ * enough to follow a link whose speed changes. */
+#define WINDOW_NS 250000000ull
+/* The writer is "busy nearly all the time" above this share of the
+ * window, "often idle" below the lower one. */
+#define BUSY_HIGH 0.90
+#define BUSY_LOW 0.75
+/* Compression is "a real share of the CPU" from half a core on. */
+#define COMP_REAL 0.5
+/* A step down must raise the data rate by this much to stay. */
+#define TRIAL_GAIN 0.05
+#define REST_WINDOWS 8
+
+uint64_t adapt_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void adapt_init(struct adapt *a, const struct codec_choice *ch, bool lz4_ok)
+{
+	memset(a, 0, sizeof *a);
+	if (!ch->adapt || ch->codec != WIRE_ZSTD) {
+		a->rung[0] = *ch;
+		a->rung[0].adapt = false;
+		a->n = 1;
+		return;
+	}
+	/* Fastest first. zstd 1 is where a run starts: the old fixed choice. */
+	static const int levels[] = { -5, -1, 1, 3, 6, 9, 12, 15 };
+	if (lz4_ok)
+		a->rung[a->n++] = (struct codec_choice){ .codec = WIRE_LZ4 };
+	for (unsigned i = 0; i < sizeof levels / sizeof *levels; i++) {
+		if (levels[i] == 1)
+			a->cur = (int)a->n;
+		a->rung[a->n++] = (struct codec_choice){ .codec = WIRE_ZSTD, .level = levels[i] };
+	}
+	a->on = true;
+	a->start_ns = adapt_now_ns();
+}
+
+struct codec_choice adapt_pick(struct adapt *a, int *rung)
+{
+	int r = __atomic_load_n(&a->cur, __ATOMIC_RELAXED);
+	*rung = r;
+	return a->rung[r];
+}
+
+void adapt_block(struct adapt *a, int rung, uint64_t in, uint64_t out, uint64_t comp_ns,
+		 uint64_t wait_ns)
+{
+	__atomic_add_fetch(&a->in[rung], in, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&a->out[rung], out, __ATOMIC_RELAXED);
+	if (!a->on)
+		return;
+	__atomic_add_fetch(&a->win_in, in, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&a->comp_ns, comp_ns, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&a->wait_ns, wait_ns, __ATOMIC_RELAXED);
+}
+
+void adapt_write(struct adapt *a, uint64_t ns)
+{
+	if (a->on)
+		a->busy_ns += ns;
+}
+
+static void step(struct adapt *a, int next, const char *why, double busy)
+{
+	__atomic_store_n(&a->cur, next, __ATOMIC_RELAXED);
+	a->changes++;
+	const struct codec_choice *c = &a->rung[next];
+	char name[16];
+	if (c->codec == WIRE_ZSTD)
+		snprintf(name, sizeof name, "zstd:%d", c->level);
+	else
+		snprintf(name, sizeof name, "%s", codec_name(c->codec));
+	sp_info("compression: %s (%s; writer busy %.0f%%)", name, why, busy * 100);
+}
+
+void adapt_tick(struct adapt *a)
+{
+	if (!a->on)
+		return;
+	uint64_t now = adapt_now_ns(), span = now - a->start_ns;
+	if (span < WINDOW_NS)
+		return;
+	double busy = (double)a->busy_ns / (double)span;
+	uint64_t wait = __atomic_exchange_n(&a->wait_ns, 0, __ATOMIC_RELAXED);
+	uint64_t comp = __atomic_exchange_n(&a->comp_ns, 0, __ATOMIC_RELAXED);
+	double rate = (double)__atomic_exchange_n(&a->win_in, 0, __ATOMIC_RELAXED) * 1e9 / (double)span;
+	a->busy_ns = 0;
+	a->start_ns = now;
+	a->windows++;
+	int cur = a->cur;
+	if (a->trial) {
+		int dir = a->trial; /* only steps down are tried: see adapt.h */
+		a->trial = 0;
+		if (dir < 0 && rate < a->rate_before * (1 + TRIAL_GAIN)) {
+			a->rest_down = a->windows + REST_WINDOWS;
+			step(a, cur + 1, "less compression did not go faster", busy);
+		}
+		return;
+	}
+	if (busy >= BUSY_HIGH && wait >= comp && cur + 1 < (int)a->n) {
+		step(a, cur + 1, "the link is the bottleneck", busy);
+	} else if (busy < BUSY_LOW && (double)comp >= COMP_REAL * (double)span && cur > 0 &&
+		   a->windows >= a->rest_down) {
+		a->trial = -1;
+		a->rate_before = rate;
+		step(a, cur - 1, "the compressor is the bottleneck", busy);
+	}
+}
+
+void adapt_report(const struct adapt *a, struct sp_stats *st)
+{
+	st->ncodecs = 0;
+	st->compress_adaptive = a->on;
+	st->compress_changes = a->changes;
+	for (unsigned i = 0; i < a->n && st->ncodecs < SP_CODECS_MAX; i++) {
+		uint64_t in = __atomic_load_n(&a->in[i], __ATOMIC_RELAXED);
+		if (!in)
+			continue;
+		struct sp_codec_use *u = &st->codecs[st->ncodecs++];
+		const struct codec_choice *c = &a->rung[i];
+		if (c->codec == WIRE_ZSTD)
+			snprintf(u->name, sizeof u->name, "zstd:%d", c->level);
+		else
+			snprintf(u->name, sizeof u->name, "%s", codec_name(c->codec));
+		u->in = in;
+		u->out = __atomic_load_n(&a->out[i], __ATOMIC_RELAXED);
+	}
+}
