@@ -111,25 +111,48 @@ NAME=$(basename "$IMG")
 DATA=$(du -B1 "$IMG" | cut -f1)
 
 # ---- runs: the sender on core 0 ----
+# Besides the wall time, what bounds each row: the CPU seconds of the sending
+# side (every process of the command on core 0: tar, zstd, ssh, sparsync
+# with its built-in cipher), of the receiving side (sshd's sessions and what
+# they run on core 1, reaped by the listening sshd: its cutime + cstime), and
+# the link's floor (wire bytes at the shaped rate). The largest of the three,
+# set against the wall time, names the bottleneck.
 OUT=$D/results.tsv
+TICK=$(getconf CLK_TCK)
+reaped_cpu() { awk -v t="$TICK" '{ print ($16 + $17) / t }' "/proc/$SSHD_PID/stat"; }
 run() { # LINK TOOL CMD  (CMD writes $D/dst/$NAME; wire bytes in $D/wire)
-	local link=$1 tool=$2 cmd=$3 t0 t1 rc
-	rm -f "$D/dst/$NAME" "$D/wire"; sync; echo 3 >/proc/sys/vm/drop_caches
+	local link=$1 tool=$2 cmd=$3 t0 t1 rc r0 r1
+	rm -f "$D/dst/$NAME" "$D/wire" "$D/time"; sync; echo 3 >/proc/sys/vm/drop_caches
+	r0=$(reaped_cpu)
 	t0=$(date +%s.%N)
-	timeout "$HOSTS_TIMEOUT" taskset -c 0 bash -c "$cmd" >"$D/out" 2>"$D/err"; rc=$?
+	timeout "$HOSTS_TIMEOUT" /usr/bin/time -f '%U %S' -o "$D/time" taskset -c 0 bash -c "$cmd" >"$D/out" 2>"$D/err"; rc=$?
 	t1=$(date +%s.%N)
+	sleep 0.2 # the session's processes are reaped
+	r1=$(reaped_cpu)
 	local secs status=ok
 	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
 	if [ $rc = 124 ]; then status=TIMEOUT
-	elif [ $rc != 0 ]; then status="FAILED ($(tail -1 "$D/err" | cut -c1-80))"
+	elif [ $rc != 0 ]; then status="FAILED ($(grep -v '^Command exited' "$D/err" | tail -1 | cut -c1-80))"
 	elif ! cmp -s "$IMG" "$D/dst/$NAME"; then status="FAILED (differs)"; fi
-	local wire; wire=$(cat "$D/wire" 2>/dev/null)
-	printf '%s\t%s\t%s\t%s\t%s\n' "$link$LINK_NOTE" "$tool" "$secs" "${wire:--}" "$status" | tee -a "$OUT" >&2
+	local wire scpu rcpu floor
+	wire=$(cat "$D/wire" 2>/dev/null)
+	scpu=$(awk '{ printf "%.2f", $1 + $2 }' "$D/time" 2>/dev/null)
+	rcpu=$(awk -v a="$r0" -v b="$r1" 'BEGIN { printf "%.2f", b - a }')
+	floor=$(awk -v w="${wire:-0}" -v l="$link" 'BEGIN {
+		r = l; sub(/:.*/, "", r); m = 1
+		if (r ~ /gbit$/) m = 1e9; else if (r ~ /mbit$/) m = 1e6; else if (r ~ /kbit$/) m = 1e3; else { print "-"; exit }
+		sub(/[a-z]+$/, "", r); printf "%.2f", w * 8 / (r * m) }')
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$link$LINK_NOTE" "$tool" "$secs" "${wire:--}" "${scpu:--}" \
+		"$rcpu" "$floor" "$status" | tee -a "$OUT" >&2
+	[ -s "$D/json" ] && sed -n "s/.*\"compress\":\(.*\),\"seconds\".*/$link, $tool: \1/p" "$D/json" >>"$D/levels"
+	rm -f "$D/json"
 }
 SP="$SPARSYNC copy --json -q -i $D/ssh/id --known-hosts $D/ssh/known_hosts --remote-path $SPARSYNC"
+SPW="sed -n 's/.*\"bytes_sent\":\\([0-9]*\\).*/\\1/p' '$D/json' >'$D/wire'"
 for link in $HOSTS_LINKS; do
 	shape "$link" || { echo "two-hosts: tc netem failed for $link" >&2; exit 1; }
-	run "$link" sparsync "$SP '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && sed -n 's/.*\"bytes_sent\":\\([0-9]*\\).*/\\1/p' '$D/json' >'$D/wire'"
+	run "$link" sparsync "$SP '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"
+	run "$link" "sparsync --compress zstd:1" "$SP --compress zstd:1 '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"
 	run "$link" "tar -S | ssh" "tar -C '$(dirname "$IMG")' -cSf - '$NAME' | dd bs=1M 2>'$D/dd' | $SSH far 'tar -C $D/dst -xSf -'; sed -n 's/^\\([0-9]*\\) bytes.*/\\1/p' '$D/dd' >'$D/wire'"
 	run "$link" "tar -Sz | ssh (zstd)" "tar -C '$(dirname "$IMG")' -cSf - '$NAME' | zstd -1 -q | dd bs=1M 2>'$D/dd' | $SSH far 'zstd -d -q | tar -C $D/dst -xSf -'; sed -n 's/^\\([0-9]*\\) bytes.*/\\1/p' '$D/dd' >'$D/wire'"
 	run "$link" "rsync -S" "rsync -S --stats -e '$SSH' '$IMG' 'far:$D/dst/$NAME' >'$D/rs' && sed -n 's/^Total bytes sent: *\\([0-9,]*\\).*/\\1/p' '$D/rs' | tr -d , >'$D/wire'"
@@ -141,15 +164,25 @@ shape none
 echo
 echo "## Two hosts: $NAME ($(numfmt --to=iec-i --suffix=B "$DATA") of data), sender on core 0, receiver's sshd on core 1"
 echo
-echo "| link | tool | seconds | wire bytes | ratio (tool s / sparsync s) | result |"
-echo "|---|---|---:|---:|---:|---|"
+echo "| link | tool | seconds | wire bytes | sender CPU s | receiver CPU s | link floor s | bound by | ratio (tool s / sparsync s) | result |"
+echo "|---|---|---:|---:|---:|---:|---:|---|---:|---|"
 awk -F'\t' '
-	{ row[NR] = $0; if ($2 == "sparsync" && $5 == "ok") ref[$1] = $3 }
+	{ row[NR] = $0; if ($2 == "sparsync" && $8 == "ok") ref[$1] = $3 }
 	END {
 		for (i = 1; i <= NR; i++) {
 			split(row[i], f, "\t")
-			r = (f[1] in ref && ref[f[1]] > 0 && f[5] == "ok") ? sprintf("%.2f", f[3] / ref[f[1]]) : "-"
+			r = (f[1] in ref && ref[f[1]] > 0 && f[8] == "ok") ? sprintf("%.2f", f[3] / ref[f[1]]) : "-"
+			b = "sender CPU"; m = f[5]
+			if (f[6] + 0 > m + 0) { b = "receiver CPU"; m = f[6] }
+			if (f[7] != "-" && f[7] + 0 > m + 0) { b = "link"; m = f[7] }
+			if (m + 0 < 0.6 * f[3]) b = b " (" int(100 * m / f[3]) "% of the time: waits)"
 			gsub(/\|/, "\\|", f[2])
-			printf "| %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4], r, f[5]
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4], f[5], f[6], f[7], b, r, f[8]
 		}
 	}' "$OUT"
+if [ -s "$D/levels" ]; then
+	echo
+	echo "Wire compression sparsync used (--json \`compress\`, data bytes in and out per level):"
+	echo
+	sed 's/^/- /' "$D/levels"
+fi

@@ -4,8 +4,10 @@
 #include "../core/error.h"
 #include "../core/stats.h"
 #include "../core/units.h"
+#include "../formats/image.h"
 #include "copy_cli.h"
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -168,6 +170,15 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 	if (endpoint_parse(argv[optind], &cli->src) < 0 ||
 	    endpoint_parse(argv[optind + 1], &cli->dst) < 0)
 		return usage_error("copy", "%s", sp_errmsg());
+	/* A stream kept in a file (copy IMG - > disk.sps) as SRC is read as
+	 * the stream it is, as from stdin: never as a raw image of its bytes. */
+	if (cli->src.kind == EP_LOCAL && cli->dst.kind == EP_LOCAL && cli->in_fmt == FMT_AUTO) {
+		int fd = open(cli->src.path, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0 && image_is_stream(fd))
+			cli->src.kind = EP_STREAM; /* its path stays: stream_in reads it */
+		if (fd >= 0)
+			close(fd);
+	}
 	bool src_far = cli->src.kind != EP_LOCAL, dst_far = cli->dst.kind != EP_LOCAL;
 	for (const struct endpoint *ep = &cli->src; ep; ep = ep == &cli->src ? &cli->dst : NULL)
 		if (ep->port && cli->port && ep->port != cli->port)

@@ -16,6 +16,8 @@
 #include "../formats/change_map.h"
 #include "../transport/transport.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -406,11 +408,18 @@ static int stream_out(const struct copy_cli *cli, struct sp_stats *st)
 
 static int stream_in(const struct copy_cli *cli, struct sp_stats *st)
 {
-	if (isatty(STDIN_FILENO))
+	/* SRC is '-', or a file that holds a stream (cmd_copy.c). */
+	int fd = STDIN_FILENO;
+	if (cli->src.path && (fd = open(cli->src.path, O_RDONLY | O_CLOEXEC)) < 0)
+		return sp_err("%s: %s", cli->src.path, strerror(errno));
+	if (!cli->src.path && isatty(STDIN_FILENO))
 		return sp_err("stdin is a terminal; feed a sparsync stream on stdin");
-	struct transport *t = transport_fd_open(STDIN_FILENO, -1, "stdin");
-	if (!t)
+	struct transport *t = transport_fd_open(fd, -1, cli->src.path ? cli->src.path : "stdin");
+	if (!t) {
+		if (fd != STDIN_FILENO)
+			close(fd);
 		return -1;
+	}
 	transport_set_timeout(t, cli->timeout_s);
 	struct receive_opts ro = {
 		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,

@@ -120,6 +120,12 @@ static struct image *open_path(const char *path, const char *fpath, enum image_f
 		close(fd);
 		return NULL;
 	}
+	if (fmt == FMT_AUTO && image_is_stream(fd)) {
+		sp_err("%s: is a sparsync stream, not an image: 'sparsync copy %s OUT' restores it",
+		       path, path);
+		close(fd);
+		return NULL;
+	}
 	const char *foreign = fmt == FMT_AUTO ? image_foreign_format(fd) : NULL;
 	if (foreign) {
 		sp_err("%s: is a %s image, which sparsync does not read; convert it (qemu-img "

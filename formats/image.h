@@ -114,6 +114,9 @@ enum image_format image_detect_fd(int fd);
  * (vmdk, vhdx, vdi, qed, vpc, luks, ...: formats/probe.c), or NULL. Only
  * for regular files: a device is the disk itself. */
 const char *image_foreign_format(int fd);
+/* A sparsync stream (.sps: `sparsync copy IMG - > F`) rather than an image:
+ * a regular file that starts with the protocol's magic. */
+bool image_is_stream(int fd);
 /* The extension of a format sparsync does not write ("vmdk", ...), or NULL. */
 const char *image_foreign_extension(const char *path);
 /* The same for a path; FMT_AUTO when it cannot be opened. */

@@ -51,6 +51,15 @@ const char *image_foreign_format(int fd)
 	return NULL;
 }
 
+bool image_is_stream(int fd)
+{
+	struct stat st;
+	char buf[8];
+	/* core/protocol.h's PROTO_MAGIC, the first bytes of every stream */
+	return fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && pread(fd, buf, 8, 0) == 8 &&
+	       memcmp(buf, "SPARSYNC", 8) == 0;
+}
+
 static bool has_ext(const char *path, const char *ext)
 {
 	size_t n = strlen(path), e = strlen(ext);

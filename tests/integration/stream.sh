@@ -162,3 +162,16 @@ if [ "${SANITIZER:-0}" != 1 ]; then
 	check "8 GiB image identical (qemu-img compare)" qemu-img compare -q -f raw -F raw "$big" "$T/big2.raw"
 	rm -f "$big" "$T/big2.raw"
 fi
+
+# A stream kept in a file is read as the stream it is when named as SRC,
+# never copied as a raw image of its bytes; where an image is needed it is
+# refused with a line saying how to restore it.
+check "a .sps file as SRC restores the image" "$SPARSYNC" copy -q "$T/a.sps" "$T/from_file.raw"
+check "  identical" cmp "$img" "$T/from_file.raw"
+check_fails "map of a stream file" "$SPARSYNC" map "$T/a.sps"
+said "  says it is a stream and how to restore it" "a.sps: is a sparsync stream, not an image: 'sparsync copy .*a.sps OUT' restores it"
+check_fails "verify against a stream file" "$SPARSYNC" verify "$img" "$T/a.sps"
+said "  says it is a stream" "is a sparsync stream"
+check "-f raw copies its bytes as they are" "$SPARSYNC" copy -q -f raw "$T/a.sps" "$T/bytes.raw"
+check "  byte for byte" cmp "$T/a.sps" "$T/bytes.raw"
+
