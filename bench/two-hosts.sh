@@ -10,7 +10,9 @@
 #
 # Knobs: HOSTS_LINKS ("100mbit:20ms 1gbit:1ms none"), HOSTS_IMG (an image
 # to push; default: an ext4 image of /usr/share/doc made here, 4 GiB),
-# HOSTS_TIMEOUT (seconds per run, 600).
+# HOSTS_TIMEOUT (seconds per run, 600), HOSTS_TOOLS (a regex of the tools
+# to run, default all), HOSTS_SP_OPTS (more sparsync options, e.g. -v: its
+# messages are kept in $BENCH_DIR/two-hosts.sparsync.log).
 #
 # It only uses the two ends of its own veth pair (10.203.77.1 and .2 /30,
 # inside the namespace it creates) and sends nothing anywhere else; the
@@ -20,6 +22,8 @@ set -u
 . "$(dirname "$0")/env.sh"
 HOSTS_LINKS=${HOSTS_LINKS:-100mbit:20ms 1gbit:1ms none}
 HOSTS_TIMEOUT=${HOSTS_TIMEOUT:-600}
+HOSTS_TOOLS=${HOSTS_TOOLS:-.}
+HOSTS_SP_OPTS=${HOSTS_SP_OPTS:-}
 [ "$(id -u)" = 0 ] || { echo "two-hosts: run as root (network namespaces, tc)" >&2; exit 2; }
 for c in ip tc taskset sshd ssh ssh-keygen rsync tar zstd mke2fs cmp "$SPARSYNC"; do
 	command -v "$c" >/dev/null || { echo "two-hosts: $c is missing" >&2; exit 2; }
@@ -122,6 +126,7 @@ TICK=$(getconf CLK_TCK)
 reaped_cpu() { awk -v t="$TICK" '{ print ($16 + $17) / t }' "/proc/$SSHD_PID/stat"; }
 run() { # LINK TOOL CMD  (CMD writes $D/dst/$NAME; wire bytes in $D/wire)
 	local link=$1 tool=$2 cmd=$3 t0 t1 rc r0 r1
+	grep -Eq -- "$HOSTS_TOOLS" <<<"$tool" || return 0
 	rm -f "$D/dst/$NAME" "$D/wire" "$D/time"; sync; echo 3 >/proc/sys/vm/drop_caches
 	r0=$(reaped_cpu)
 	t0=$(date +%s.%N)
@@ -144,11 +149,13 @@ run() { # LINK TOOL CMD  (CMD writes $D/dst/$NAME; wire bytes in $D/wire)
 		sub(/[a-z]+$/, "", r); printf "%.2f", w * 8 / (r * m) }')
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$link$LINK_NOTE" "$tool" "$secs" "${wire:--}" "${scpu:--}" \
 		"$rcpu" "$floor" "$status" | tee -a "$OUT" >&2
+	case $tool in sparsync*) { echo "== $link $tool"; cat "$D/err"; } >>"$BENCH_DIR/two-hosts.sparsync.log";; esac
 	[ -s "$D/json" ] && sed -n "s/.*\"compress\":\(.*\),\"seconds\".*/$link, $tool: \1/p" "$D/json" >>"$D/levels"
 	rm -f "$D/json"
 }
-SP="$SPARSYNC copy --json -q -i $D/ssh/id --known-hosts $D/ssh/known_hosts --remote-path $SPARSYNC"
+SP="$SPARSYNC copy --json -q $HOSTS_SP_OPTS -i $D/ssh/id --known-hosts $D/ssh/known_hosts --remote-path $SPARSYNC"
 SPW="sed -n 's/.*\"bytes_sent\":\\([0-9]*\\).*/\\1/p' '$D/json' >'$D/wire'"
+rm -f "$BENCH_DIR/two-hosts.sparsync.log"
 for link in $HOSTS_LINKS; do
 	shape "$link" || { echo "two-hosts: tc netem failed for $link" >&2; exit 1; }
 	run "$link" sparsync "$SP '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"

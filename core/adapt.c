@@ -19,6 +19,8 @@
 /* A step down must raise the data rate by this much to stay. */
 #define TRIAL_GAIN 0.05
 #define REST_WINDOWS 8
+/* A level found too slow for the link is not tried again for this long. */
+#define CEILING_WINDOWS 16
 
 uint64_t adapt_now_ns(void)
 {
@@ -107,16 +109,26 @@ void adapt_tick(struct adapt *a)
 		a->trial = 0;
 		if (dir < 0 && rate < a->rate_before * (1 + TRIAL_GAIN)) {
 			a->rest_down = a->windows + REST_WINDOWS;
+			/* This level was fast enough after all: the cap on the
+			 * one above it, if any, stands. */
+			a->ceiling = a->ceiling_was;
+			a->ceiling_until = a->ceiling_until_was;
 			step(a, cur + 1, "less compression did not go faster", busy);
 		}
 		return;
 	}
-	if (busy >= BUSY_HIGH && wait >= comp && cur + 1 < (int)a->n) {
+	bool capped = a->windows < a->ceiling_until && cur + 1 >= a->ceiling;
+	if (busy >= BUSY_HIGH && wait >= comp && cur + 1 < (int)a->n && !capped) {
 		step(a, cur + 1, "the link is the bottleneck", busy);
 	} else if (busy < BUSY_LOW && (double)comp >= COMP_REAL * (double)span && cur > 0 &&
 		   a->windows >= a->rest_down) {
 		a->trial = -1;
 		a->rate_before = rate;
+		/* Climbing back to this level would only idle the link again. */
+		a->ceiling_was = a->ceiling;
+		a->ceiling_until_was = a->ceiling_until;
+		a->ceiling = cur;
+		a->ceiling_until = a->windows + CEILING_WINDOWS;
 		step(a, cur - 1, "the compressor is the bottleneck", busy);
 	}
 }

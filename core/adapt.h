@@ -12,7 +12,9 @@
  * taken back and steps down rest for a few windows. That catches what the
  * two signals cannot tell apart, such as both ends sharing the same cores,
  * where compressing less only moves the CPU to the cipher and sends more
- * bytes in the same time. (Steps up are not tried that way: the data rate
+ * bytes in the same time. A level left because the compressor could not
+ * keep up is not climbed back to for a few seconds: the link would only
+ * idle again. (Steps up are not tried that way: the data rate
  * also follows how compressible the data is, and a saturated link with
  * idle workers is reason enough.)
  *
@@ -45,6 +47,10 @@ struct adapt {
 	int trial;                             /* -1: the last step down is on probation */
 	double rate_before;                    /* data rate in the window before it */
 	unsigned rest_down;                    /* no step down before this window */
+	int ceiling;                           /* a rung found too slow for the link ... */
+	unsigned ceiling_until;                /* ... is not climbed to before this window */
+	int ceiling_was;                       /* the cap before a step on probation */
+	unsigned ceiling_until_was;
 	uint64_t in[ADAPT_RUNGS], out[ADAPT_RUNGS]; /* data bytes per rung, before and after */
 };
 
