@@ -130,7 +130,9 @@ run() { # LINK TOOL CMD  (CMD writes $D/dst/$NAME; wire bytes in $D/wire)
 	rm -f "$D/dst/$NAME" "$D/wire" "$D/time"; sync; echo 3 >/proc/sys/vm/drop_caches
 	r0=$(reaped_cpu)
 	t0=$(date +%s.%N)
-	timeout "$HOSTS_TIMEOUT" /usr/bin/time -f '%U %S' -o "$D/time" taskset -c 0 bash -c "$cmd" >"$D/out" 2>"$D/err"; rc=$?
+	# Like for like: every tool's result is on disk when the clock stops
+	# (sparsync flushes before it renames; tar and rsync do not).
+	timeout "$HOSTS_TIMEOUT" /usr/bin/time -f '%U %S' -o "$D/time" taskset -c 0 bash -c "$cmd && sync" >"$D/out" 2>"$D/err"; rc=$?
 	t1=$(date +%s.%N)
 	sleep 0.2 # the session's processes are reaped
 	r1=$(reaped_cpu)

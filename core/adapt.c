@@ -21,6 +21,8 @@
 #define REST_WINDOWS 8
 /* A level found too slow for the link is not tried again for this long. */
 #define CEILING_WINDOWS 16
+/* A step up must save this share of the bytes (measured on a probe block). */
+#define UP_MIN_GAIN 0.02
 
 uint64_t adapt_now_ns(void)
 {
@@ -48,6 +50,7 @@ void adapt_init(struct adapt *a, const struct codec_choice *ch, bool lz4_ok)
 		a->rung[a->n++] = (struct codec_choice){ .codec = WIRE_ZSTD, .level = levels[i] };
 	}
 	a->on = true;
+	a->probe_armed = 1;
 	a->start_ns = adapt_now_ns();
 }
 
@@ -70,6 +73,18 @@ void adapt_block(struct adapt *a, int rung, uint64_t in, uint64_t out, uint64_t 
 	__atomic_add_fetch(&a->wait_ns, wait_ns, __ATOMIC_RELAXED);
 }
 
+bool adapt_probe_take(struct adapt *a, int rung)
+{
+	return a->on && rung + 1 < (int)a->n && rung == __atomic_load_n(&a->cur, __ATOMIC_RELAXED) &&
+	       __atomic_exchange_n(&a->probe_armed, 0, __ATOMIC_RELAXED);
+}
+
+void adapt_probe_result(struct adapt *a, uint64_t out_here, uint64_t out_next)
+{
+	__atomic_add_fetch(&a->probe_here, out_here, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&a->probe_next, out_next, __ATOMIC_RELAXED);
+}
+
 void adapt_write(struct adapt *a, uint64_t ns)
 {
 	if (a->on)
@@ -79,6 +94,9 @@ void adapt_write(struct adapt *a, uint64_t ns)
 static void step(struct adapt *a, int next, const char *why, double busy)
 {
 	__atomic_store_n(&a->cur, next, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->probe_here, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->probe_next, 0, __ATOMIC_RELAXED);
+	a->told_not_worth = false;
 	a->changes++;
 	const struct codec_choice *c = &a->rung[next];
 	char name[16];
@@ -103,6 +121,12 @@ void adapt_tick(struct adapt *a)
 	a->busy_ns = 0;
 	a->start_ns = now;
 	a->windows++;
+	/* The probe block's saving one rung up (the probe is re-armed each
+	 * window; its figures stand until the level changes). */
+	uint64_t ph = __atomic_load_n(&a->probe_here, __ATOMIC_RELAXED);
+	uint64_t pn = __atomic_load_n(&a->probe_next, __ATOMIC_RELAXED);
+	bool worth_up = ph && (double)pn <= (double)ph * (1 - UP_MIN_GAIN);
+	__atomic_store_n(&a->probe_armed, 1, __ATOMIC_RELAXED);
 	int cur = a->cur;
 	if (a->trial) {
 		int dir = a->trial; /* only steps down are tried: see adapt.h */
@@ -118,7 +142,13 @@ void adapt_tick(struct adapt *a)
 		return;
 	}
 	bool capped = a->windows < a->ceiling_until && cur + 1 >= a->ceiling;
-	if (busy >= BUSY_HIGH && wait >= comp && cur + 1 < (int)a->n && !capped) {
+	bool link_bound = busy >= BUSY_HIGH && wait >= comp;
+	if (link_bound && cur + 1 < (int)a->n && !capped && !worth_up && ph && !a->told_not_worth) {
+		a->told_not_worth = true;
+		sp_info("compression: the link is the bottleneck, but one level up would save only "
+			"%.1f%% of the bytes: staying", 100.0 * (1 - (double)pn / (double)ph));
+	}
+	if (link_bound && cur + 1 < (int)a->n && !capped && worth_up) {
 		step(a, cur + 1, "the link is the bottleneck", busy);
 	} else if (busy < BUSY_LOW && (double)comp >= COMP_REAL * (double)span && cur > 0 &&
 		   a->windows >= a->rest_down) {

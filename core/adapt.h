@@ -14,7 +14,11 @@
  * where compressing less only moves the CPU to the cipher and sends more
  * bytes in the same time. A level left because the compressor could not
  * keep up is not climbed back to for a few seconds: the link would only
- * idle again. (Steps up are not tried that way: the data rate
+ * idle again. And a step up must be worth its CPU: once per window one
+ * block is also compressed at the next level, and the step is taken only
+ * when that saves at least 2 % of its bytes (on a VM's ext4 image, 1 MiB
+ * blocks: zstd 1 -> 3 saves 5 %, 3 -> 6 3 %, 6 -> 9 0.6 % at a third of
+ * the speed). (Steps up are not tried that way: the data rate
  * also follows how compressible the data is, and a saturated link with
  * idle workers is reason enough.)
  *
@@ -44,6 +48,9 @@ struct adapt {
 	uint64_t start_ns;
 	unsigned changes;
 	unsigned windows;                      /* windows ended so far */
+	int probe_armed;                       /* one block of the window is also ... */
+	uint64_t probe_here, probe_next;       /* ... compressed a rung up: bytes out at each */
+	bool told_not_worth;                   /* -v said so at this level */
 	int trial;                             /* -1: the last step down is on probation */
 	double rate_before;                    /* data rate in the window before it */
 	unsigned rest_down;                    /* no step down before this window */
@@ -63,6 +70,10 @@ struct codec_choice adapt_pick(struct adapt *a, int *rung);
  * waited wait_ns for the writer. */
 void adapt_block(struct adapt *a, int rung, uint64_t in, uint64_t out, uint64_t comp_ns,
 		 uint64_t wait_ns);
+/* Should the worker that compressed a block on `rung` also compress it one
+ * rung up (and say how it went with adapt_probe_result)? Once per window. */
+bool adapt_probe_take(struct adapt *a, int rung);
+void adapt_probe_result(struct adapt *a, uint64_t out_here, uint64_t out_next);
 /* Under the output lock: the writer spent ns inside one transport write. */
 void adapt_write(struct adapt *a, uint64_t ns);
 /* Under the output lock, after each block: end the window when it is long

@@ -151,6 +151,22 @@ static int flush_zero(struct sender *s)
 
 /* ---- sink ---- */
 
+/* --compress auto: the same block one rung up, to learn whether climbing
+ * would save enough bytes to pay for its CPU. Only the sizes matter. */
+static void probe_next_rung(struct sender *s, struct send_scratch *w, const struct block_job *j,
+			    int rung)
+{
+	if (!w->pbuf && !(w->pbuf = malloc(s->o.block_size)))
+		return;
+	const struct codec_choice *up = &s->ad.rung[rung + 1];
+	size_t out = 0;
+	if (codec_compress(w->cc, up, j->buf, j->len, w->pbuf, j->len - 1, &out) < 0) {
+		sp_err_clear();
+		return;
+	}
+	adapt_probe_result(&s->ad, j->rec.clen, out ? out : j->len);
+}
+
 /* One DATA record for [off, off+len) (within one block). */
 static int send_piece(struct sender *s, struct send_scratch *w, uint64_t off, const uint8_t *buf,
 		      size_t len)
@@ -165,6 +181,8 @@ static int send_piece(struct sender *s, struct send_scratch *w, uint64_t off, co
 	if (send_block_prepare(&j) < 0)
 		return -1;
 	uint64_t t1 = s->ad.on ? adapt_now_ns() : 0;
+	if (adapt_probe_take(&s->ad, rung))
+		probe_next_rung(s, w, &j, rung);
 	int rc = 0;
 	pthread_mutex_lock(&s->lock);
 	uint64_t t2 = s->ad.on ? adapt_now_ns() : 0;
@@ -458,6 +476,7 @@ void sender_free(struct sender *s)
 		codec_ctx_free(w->cc);
 		free(w->cbuf);
 		free(w->ubuf);
+		free(w->pbuf);
 		free(w);
 	}
 	sync_filter_free(&s->filter);

@@ -59,6 +59,7 @@ struct send_scratch {
 	struct codec_ctx *cc;
 	uint8_t *cbuf;
 	uint8_t *ubuf;         /* one hash unit, allocated on first need */
+	uint8_t *pbuf;         /* --compress auto's probe one level up (core/adapt.h) */
 };
 
 struct sender {
