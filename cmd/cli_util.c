@@ -3,6 +3,7 @@
 
 #include "../core/error.h"
 #include "../core/units.h"
+#include "../formats/nbd.h"
 #include "copy_cli.h"
 
 #include <stdarg.h>
@@ -50,6 +51,7 @@ int cli_shared_option(struct copy_cli *cli, const char *cmd, int c, const char *
 		if (parse_size(arg, &v) < 0 || v < 1 || v > 86400)
 			return usage_error(cmd, "--timeout takes seconds from 1 to 86400");
 		cli->timeout_s = (unsigned)v;
+		nbd_set_timeout(cli->timeout_s);
 		return 0;
 	case OPT_CONNECT_TIMEOUT:
 		if (parse_size(arg, &v) < 0 || v < 1 || v > 86400)

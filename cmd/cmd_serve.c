@@ -6,6 +6,7 @@
 #include "serve.h"
 
 #include "../core/confine.h"
+#include "../formats/nbd.h"
 #include "../core/copy.h"
 #include "../core/error.h"
 #include "../core/receive.h"
@@ -111,6 +112,7 @@ int serve_parse(int argc, char **argv, struct serve_args *a)
 			if (parse_size(optarg, &v) < 0 || v < 1 || v > 86400)
 				return usage_error("serve", "bad --timeout '%s'", optarg);
 			a->timeout_s = (unsigned)v;
+			nbd_set_timeout(a->timeout_s);
 			break;
 		case 'f':
 		case 'O': {

@@ -29,6 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NBD_MAX_CONNS 4
@@ -43,7 +45,22 @@ struct conn {
 	bool io_started;
 	int wake;               /* eventfd: a request was queued, or stop */
 	atomic_bool stop;
+	atomic_bool stalled;    /* --timeout passed with requests unanswered */
 };
+
+static unsigned stall_timeout_s;
+
+void nbd_set_timeout(unsigned seconds)
+{
+	stall_timeout_s = seconds;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 struct nbd_priv {
 	struct conn conn[NBD_MAX_CONNS];
@@ -93,6 +110,7 @@ bool nbd_uri_is(const char *s)
 static void *io_loop(void *arg)
 {
 	struct conn *c = arg;
+	int64_t heard = now_ms(); /* the server's last sign of life, or idle */
 	for (;;) {
 		int inflight = nbd_aio_in_flight(c->h);
 		if (atomic_load(&c->stop) && inflight <= 0)
@@ -104,7 +122,8 @@ static void *io_loop(void *arg)
 			pf[0].events |= POLLIN;
 		if (dir & LIBNBD_AIO_DIRECTION_WRITE)
 			pf[0].events |= POLLOUT;
-		if (poll(pf, 2, -1) < 0) {
+		int n = poll(pf, 2, stall_timeout_s ? 1000 : -1);
+		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
@@ -116,10 +135,19 @@ static void *io_loop(void *arg)
 			}
 		}
 		short ev = pf[0].revents;
+		if (ev || inflight <= 0)
+			heard = now_ms();
 		if ((dir & LIBNBD_AIO_DIRECTION_READ) && (ev & (POLLIN | POLLHUP | POLLERR)))
 			nbd_aio_notify_read(c->h);
 		else if ((dir & LIBNBD_AIO_DIRECTION_WRITE) && (ev & (POLLOUT | POLLHUP | POLLERR)))
 			nbd_aio_notify_write(c->h);
+		/* A silent server: cut the connection under libnbd, which then
+		 * fails every request in flight (their callbacks see the error). */
+		if (stall_timeout_s && inflight > 0 && fd >= 0 && !atomic_load(&c->stalled) &&
+		    now_ms() - heard >= (int64_t)stall_timeout_s * 1000) {
+			atomic_store(&c->stalled, true);
+			shutdown(fd, SHUT_RDWR);
+		}
 	}
 	return NULL;
 }
@@ -210,7 +238,10 @@ static int run(struct image *img, enum op op, void *buf, uint64_t len, uint64_t 
 		while (!r.freed)
 			pthread_cond_wait(&r.c, &r.m);
 		pthread_mutex_unlock(&r.m);
-		if (r.err)
+		if (r.err && atomic_load(&c->stalled))
+			rc = sp_err("%s: the NBD server answered nothing for %u s (--timeout)",
+				    img->path, stall_timeout_s);
+		else if (r.err)
 			rc = sp_err("%s: NBD %s of %llu bytes at offset %llu failed: %s", img->path,
 				    what[op], (unsigned long long)len, (unsigned long long)off,
 				    strerror(r.err));

@@ -16,5 +16,9 @@ bool nbd_uri_is(const char *s);
 /* Connect; writable: the export must accept writes (refused up front when
  * it is read-only). */
 struct image *nbd_image_open(const char *uri, bool writable);
+/* --timeout: a server that answers none of the requests in flight for this
+ * many seconds (a stopped process, a hung disk behind it) fails them, as
+ * the ssh transport fails a silent peer. 0 (the default): wait. */
+void nbd_set_timeout(unsigned seconds);
 
 #endif

@@ -127,6 +127,24 @@ check_fails "the server killed mid-sync" $TO "$SPARSYNC" copy "$(uri slow)" "$T/
 wait
 check "  the old copy is intact" cmp "$T/old.raw" "$T/old.bak"
 
+# A server that stops answering (SIGSTOP: its socket stays open, so
+# nothing fails on its own): with --timeout 3 an error within seconds
+# instead of a hang; without a destination left behind.
+stop_when_seen() {
+	( for _ in $(seq 600); do ls -a "$T" | grep -q "$1" && break; sleep 0.1; done
+	  sleep 0.3; kill -STOP "$(cat "$T/stalled.pid")" ) &
+}
+nbdk stalled --filter=delay file "$T/vm.raw" rdelay=300ms
+stop_when_seen '^\.stalled\.raw\.sparsync-'
+t0=$(date +%s)
+check_fails "a stopped server, --timeout 3" $TO "$SPARSYNC" copy --timeout 3 "$(uri stalled)" "$T/stalled.raw"
+el=$(( $(date +%s) - t0 ))
+wait
+said "  says the server went silent" "answered nothing for 3 s \\(--timeout\\)"
+check "  within seconds, not a hang ($el s)" test "$el" -lt 40
+check "  no destination, no temporary" sh -c "! ls -A '$T' | grep -q 'stalled.raw'"
+kill -CONT "$(cat "$T/stalled.pid")" 2>/dev/null
+
 # ---- an export as the destination ----
 nbdk mem memory 256M
 check "copy into nbdkit's memory plugin" $TO "$SPARSYNC" copy --json "$T/vm.qcow2" "$(uri mem)"
