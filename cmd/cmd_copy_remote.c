@@ -122,6 +122,8 @@ static void serve_prefix(struct cmdline *c, const struct copy_cli *cli)
 		snprintf(num, sizeof num, "%u", cli->workers);
 		cl_opt(c, "-j", num);
 	}
+	if (sp_verbose())
+		cl_opt(c, "-v", NULL);
 	/* Like rsync: the remote gives up on a stalled client too. */
 	if (cli->timeout_s) {
 		char num[32];

@@ -34,7 +34,7 @@ static const char serve_usage[] =
 	"                      [--bwlimit RATE]\n"
 	"       sparsync serve --hashes PATH [-f raw|qcow2] [-U] [--hash-unit SIZE]\n"
 	"       sparsync serve --restrict-to DIR [--read-only | --write-only] [--append-only]\n"
-	"Each of the first three also takes -j N and --timeout SECONDS.\n"
+	"Each of the first three also takes -j N, --timeout SECONDS and -v.\n"
 	"The remote half of 'sparsync copy' and 'sparsync verify', started by them\n"
 	"over ssh: speaks the sparsync protocol on stdin/stdout. Not meant to be run\n"
 	"by hand. With --restrict-to it is the forced command of an authorized_keys\n"
@@ -79,7 +79,7 @@ int serve_parse(int argc, char **argv, struct serve_args *a)
 	uint64_t v;
 	a->codec = (struct codec_choice){ .codec = WIRE_ZSTD, .level = 1, .adapt = true };
 	a->hash_unit = SYNC_UNIT_RAW;
-	while ((c = getopt_long(argc, argv, "f:O:c:j:Uh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:O:c:j:Uhv", opts, NULL)) != -1) {
 		switch (c) {
 		case OPT_RECEIVE: a->receive = optarg; break;
 		case OPT_SEND: a->send = optarg; break;
@@ -91,6 +91,12 @@ int serve_parse(int argc, char **argv, struct serve_args *a)
 		case OPT_NO_SPACE: a->no_space_check = true; break;
 		case OPT_NO_DIGEST: a->no_digest = true; break;
 		case 'U': a->force_share = true; break;
+		case 'v':
+			/* The client's -v: what this side decides (the levels a
+			 * pull's compression picks) reaches the user too. */
+			sp_set_verbose(sp_verbose() + 1);
+			sp_set_info_name("sparsync serve");
+			break;
 		case OPT_DIGEST_FILE: a->digest_file = optarg; break;
 		case OPT_BITMAP: a->bitmap = optarg; break;
 		case OPT_TRACK: a->track = true; break;

@@ -73,6 +73,12 @@ void sp_warn(const char *fmt, ...)
 }
 
 static int verbose_level;
+static const char *info_name = "sparsync";
+
+void sp_set_info_name(const char *name)
+{
+	info_name = name;
+}
 
 void sp_set_verbose(int level)
 {
@@ -88,8 +94,10 @@ void sp_info(const char *fmt, ...)
 {
 	if (!verbose_level)
 		return;
+	char line[1024];
 	va_list ap;
 	va_start(ap, fmt);
-	vline(fmt, ap);
+	vsnprintf(line, sizeof line, fmt, ap);
 	va_end(ap);
+	fprintf(stderr, "%s: %s\n", info_name, line);
 }

@@ -28,5 +28,8 @@ void sp_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void sp_set_verbose(int level);
 int sp_verbose(void);
 void sp_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Who -v lines say they come from ("sparsync serve" on the remote side,
+ * whose stderr the client shows beside its own). */
+void sp_set_info_name(const char *name);
 
 #endif

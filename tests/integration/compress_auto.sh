@@ -61,7 +61,8 @@ check "  identical" cmp "$img" "$R/d.raw"
 
 # The sending side of a pull is the remote serve: it adapts the same way.
 check "a pull, auto at the remote serve, over a 512 KiB/s link" timeout 120 \
-	$SP --bwlimit 512K "127.0.0.1:$R/a.raw" "$T/pulled.raw"
+	$SP -v --bwlimit 512K "127.0.0.1:$R/a.raw" "$T/pulled.raw"
+said "  the client's -v shows the levels the remote serve used" "^sparsync serve: .*wire compression auto \\([0-9]+ changes?\\): .*zstd:"
 check "  identical" cmp "$img" "$T/pulled.raw"
 # A stream is an archive: no link to follow, zstd 1.
 check "a stream keeps zstd 1" sh -c "'$SPARSYNC' copy --json '$img' - >'$T/s.sps'"
