@@ -706,9 +706,15 @@ struct image *rbd_image_create_temp(const char *spec, uint64_t size, char **tmp_
 	char name[512];
 	rbd_image_options_t opts;
 	L.rbd_image_options_create(&opts);
-	L.rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES,
-				     RBD_FEATURE_LAYERING | RBD_FEATURE_EXCLUSIVE_LOCK |
-				     RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF);
+	/* The features fast diffs need, unless the spec says otherwise
+	 * (:rbd_default_features=...), which librbd then applies itself. */
+	bool told = false;
+	for (unsigned i = 0; i < pl.sp.nopts; i++)
+		told |= !strcmp(pl.sp.keys[i], "rbd_default_features");
+	if (!told)
+		L.rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES,
+					     RBD_FEATURE_LAYERING | RBD_FEATURE_EXCLUSIVE_LOCK |
+					     RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF);
 	int r = -EEXIST;
 	for (int tries = 0; r == -EEXIST && tries < 20; tries++) {
 		unsigned rnd = 0;

@@ -75,6 +75,9 @@ check "  rbd export gives the source" exported fresh "$T/src.raw"
 check "  the source's size and the usual features" sh -c "$RBD info rbd/fresh | grep -q 'size 64 MiB' &&
 	$RBD info rbd/fresh | grep -q 'features: layering, exclusive-lock, object-map, fast-diff'"
 check "  no temporary image left" sh -c "! $RBD ls rbd | grep -q sparsync-"
+check "other features when the spec says so" $TO "$SPARSYNC" copy "$T/src.raw" "$(spec plain):rbd_default_features=layering"
+check "  layering only" sh -c "$RBD info rbd/plain | grep -q 'features: layering\$'"
+check "  rbd export gives the source" exported plain "$T/src.raw"
 check_fails "-O qcow2 into a new RBD image" $TO "$SPARSYNC" copy -O qcow2 "$T/src.raw" "$(spec other)"
 check "  nothing created" sh -c "! $RBD ls rbd | grep -q other"
 
