@@ -98,13 +98,9 @@ static void step(struct adapt *a, int next, const char *why, double busy)
 	__atomic_store_n(&a->probe_next, 0, __ATOMIC_RELAXED);
 	a->told_not_worth = false;
 	a->changes++;
-	const struct codec_choice *c = &a->rung[next];
 	char name[16];
-	if (c->codec == WIRE_ZSTD)
-		snprintf(name, sizeof name, "zstd:%d", c->level);
-	else
-		snprintf(name, sizeof name, "%s", codec_name(c->codec));
-	sp_info("compression: %s (%s; writer busy %.0f%%)", name, why, busy * 100);
+	sp_info("compression: %s (%s; writer busy %.0f%%)", codec_label(&a->rung[next], name, sizeof name),
+		why, busy * 100);
 }
 
 void adapt_tick(struct adapt *a)
@@ -173,11 +169,7 @@ void adapt_report(const struct adapt *a, struct sp_stats *st)
 		if (!in)
 			continue;
 		struct sp_codec_use *u = &st->codecs[st->ncodecs++];
-		const struct codec_choice *c = &a->rung[i];
-		if (c->codec == WIRE_ZSTD)
-			snprintf(u->name, sizeof u->name, "zstd:%d", c->level);
-		else
-			snprintf(u->name, sizeof u->name, "%s", codec_name(c->codec));
+		codec_label(&a->rung[i], u->name, sizeof u->name);
 		u->in = in;
 		u->out = __atomic_load_n(&a->out[i], __ATOMIC_RELAXED);
 	}

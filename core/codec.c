@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <lz4.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
@@ -61,6 +62,15 @@ const char *codec_name(enum wire_codec c)
 	case WIRE_LZ4: return "lz4";
 	default: return "unknown";
 	}
+}
+
+const char *codec_label(const struct codec_choice *ch, char *buf, size_t len)
+{
+	if (ch->codec == WIRE_ZSTD)
+		snprintf(buf, len, "zstd:%d", ch->level);
+	else
+		snprintf(buf, len, "%s", codec_name(ch->codec));
+	return buf;
 }
 
 size_t codec_bound(enum wire_codec c, size_t len)

@@ -23,6 +23,8 @@ struct codec_choice {
  * with a message on junk. */
 int codec_parse(const char *s, struct codec_choice *out);
 const char *codec_name(enum wire_codec c);
+/* "zstd:3", "lz4", "none": a choice as -v and --json name it, into buf. */
+const char *codec_label(const struct codec_choice *ch, char *buf, size_t len);
 /* Largest output the codec may produce for len input bytes; 0 for an
  * unknown codec. */
 size_t codec_bound(enum wire_codec c, size_t len);

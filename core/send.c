@@ -367,13 +367,9 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 		ch.adapt = false;
 	adapt_init(&s->ad, &ch, proto_codec_allowed(&s->s, WIRE_LZ4));
 	int rc = s->s.caps & CAP_SYNC ? read_hash_list(s) : 0;
-	char cname[32];
-	if (ch.adapt)
-		snprintf(cname, sizeof cname, "auto, from zstd:%d", ch.level);
-	else if (ch.codec == WIRE_ZSTD)
-		snprintf(cname, sizeof cname, "zstd:%d", ch.level);
-	else
-		snprintf(cname, sizeof cname, "%s", codec_name(ch.codec));
+	char label[16], cname[32];
+	snprintf(cname, sizeof cname, "%s%s", ch.adapt ? "auto, from " : "",
+		 codec_label(&ch, label, sizeof label));
 	if (rc == 0)
 		sp_info("%s: %s; codec %s", t->name,
 			s->syncing ? "sync: only units that differ from the receiver's hash list are sent"
