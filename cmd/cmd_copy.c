@@ -7,6 +7,8 @@
 #include "../formats/image.h"
 #include "copy_cli.h"
 
+#include "../core/protocol.h"
+
 #include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -62,6 +64,9 @@ static const char copy_usage[] =
 	"  --compress C            auto | zstd[:LEVEL] | lz4 | none (default auto over the\n"
 	"                          network: lz4 or a zstd level chosen by the link's speed)\n"
 	"  --bwlimit RATE          bytes per second, e.g. 8M\n"
+	"  --connections N         N SSH connections, each with its own cipher and remote\n"
+	"                          process, for links one connection cannot fill (default:\n"
+	"                          from both ends' cores, 1 below 4 cores; 1 with --bwlimit)\n"
 	"  --timeout SECONDS       fail when no data moves for that long (default: wait;\n"
 	"                          also for a stream on stdin/stdout)\n"
 	"Output:\n"
@@ -77,7 +82,7 @@ static const char copy_usage[] =
 enum {
 	OPT_CLUSTER = OPT_CLI_NEXT, OPT_BACKING, OPT_WHOLE, OPT_TARGET_ZERO, OPT_INPLACE, OPT_NO_SPACE, OPT_JSON,
 	OPT_DIGEST_FILE, OPT_NO_DIGEST, OPT_BITMAP, OPT_TRACK, OPT_STATS,
-	OPT_COMPRESS, OPT_BWLIMIT,
+	OPT_COMPRESS, OPT_BWLIMIT, OPT_CONNECTIONS,
 };
 
 static int parse_args(int argc, char **argv, struct copy_cli *cli)
@@ -102,6 +107,7 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 		CLI_REMOTE_LONGOPTS,
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "bwlimit", required_argument, NULL, OPT_BWLIMIT },
+		{ "connections", required_argument, NULL, OPT_CONNECTIONS },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -156,6 +162,12 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 				return usage_error("copy", "bad --bwlimit rate '%s'", optarg);
 			cli->bwlimit = v;
 			break;
+		case OPT_CONNECTIONS:
+			if (parse_size(optarg, &v) < 0 || v < 1 || v > PROTO_LINKS_MAX)
+				return usage_error("copy", "--connections takes a number from 1 to %u, not "
+						   "'%s'", PROTO_LINKS_MAX, optarg);
+			cli->connections = (unsigned)v;
+			break;
 		case 'h': fputs(copy_usage, stdout); exit(0);
 		default: {
 			int rc = cli_shared_option(cli, "copy", c, optarg);
@@ -200,6 +212,13 @@ static int parse_args(int argc, char **argv, struct copy_cli *cli)
 				   "another program writes) never allows");
 	if (cli->dry_run && (cli->src.kind == EP_STREAM || cli->dst.kind == EP_STREAM))
 		return usage_error("copy", "--dry-run compares with a destination: a stream has none");
+	if (cli->connections > 1 && !(src_far || dst_far))
+		return usage_error("copy", "--connections is for a copy to or from a remote host");
+	if (cli->connections > 1 && (cli->src.kind == EP_STREAM || cli->dst.kind == EP_STREAM))
+		return usage_error("copy", "--connections: a stream is one pipe");
+	if (cli->connections > 1 && cli->bwlimit)
+		return usage_error("copy", "--connections and --bwlimit: a limited rate needs no "
+				   "further connections; give one of them");
 	if (cli->bitmap && cli->whole)
 		return usage_error("copy", "--bitmap copies only what changed: --whole rewrites "
 				   "everything");

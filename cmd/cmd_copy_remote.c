@@ -8,6 +8,7 @@
 
 #include "../core/copy.h"
 #include "../core/error.h"
+#include "../core/links.h"
 #include "../core/paths.h"
 #include "../core/receive.h"
 #include "../core/send.h"
@@ -132,12 +133,21 @@ static void serve_prefix(struct cmdline *c, const struct copy_cli *cli)
 	}
 }
 
+/* Several connections (core/links.h): asked for (or the cores allow
+ * them), and not where one is enough by definition. */
+static bool wants_links(const struct copy_cli *cli)
+{
+	return links_worth_asking(cli->connections) && !cli->dry_run && !cli->bwlimit;
+}
+
 /* The serve command for a push (receive into path) or a pull (send path). */
 static char *serve_command(const struct copy_cli *cli, bool push, const char *path)
 {
 	struct cmdline c = { 0 };
 	char num[32];
 	serve_prefix(&c, cli);
+	if (wants_links(cli))
+		cl_opt(&c, "--links", NULL);
 	if (push) {
 		cl_path(&c, "--receive", path);
 		/* A remote directory means DIR/BASENAME(SRC), as with scp. */
@@ -292,6 +302,36 @@ int remote_finish(struct transport *t, int rc)
 	return rc < 0 ? -1 : 0;
 }
 
+/* Further connections of a session: `serve --join NAME` on the same host,
+ * through the same client as the first. */
+struct link_target {
+	const struct copy_cli *cli;
+	const struct endpoint *ep;
+	const struct links *L;
+};
+
+static struct transport *open_link(void *ctx, unsigned index)
+{
+	const struct link_target *lt = ctx;
+	(void)index;
+	struct cmdline c = { 0 };
+	cl_add(&c, lt->cli->remote_path ? lt->cli->remote_path : "sparsync");
+	cl_add(&c, " serve");
+	cl_opt(&c, "--join", lt->L->offer.name);
+	char *cmd = cl_done(&c);
+	struct transport *t = cmd ? connect_remote(lt->cli, lt->ep, cmd) : NULL;
+	free(cmd);
+	return t;
+}
+
+/* Close the further connections; a failure there after a good copy is
+ * only worth a -v line (the session's END covered their data). */
+static void links_close(struct links *L, struct sp_stats *st)
+{
+	st->connections = 1 + L->n;
+	links_free(L);
+}
+
 static void sender_setup(const struct copy_cli *cli, const struct image *src, bool stream,
 			 struct send_opts *so, struct copy_opts *co)
 {
@@ -307,10 +347,38 @@ static void sender_setup(const struct copy_cli *cli, const struct image *src, bo
 	so->read_peer_error = !stream;
 	so->sync = !stream;
 	so->dry_run = cli->dry_run;
+	so->links = !stream && wants_links(cli);
 	co->block_size = so->block_size;
 	co->workers = cli->workers;
 	co->progress = cli->progress;
 	co->read_ahead = true;
+}
+
+/* Serve offered several connections: open the ones worth it beside the
+ * copy, which starts on the first at once. */
+static int start_links(const struct copy_cli *cli, const struct endpoint *ep, struct sender *snd,
+		       struct image *src, struct links *L, struct link_target *lt)
+{
+	uint64_t data;
+	if (image_data_bytes(src, &data) < 0)
+		return -1;
+	L->offer = snd->offer;
+	L->mine = snd->mine;
+	L->me = ROLE_SENDER;
+	L->peer = snd->t->name;
+	L->timeout_s = cli->timeout_s;
+	*lt = (struct link_target){ .cli = cli, .ep = ep, .L = L };
+	L->open = open_link;
+	L->open_ctx = lt;
+	L->want = links_want(cli->connections, snd->offer.cores, data);
+	sp_info("%s: %u connection%s (%s)", snd->t->name, L->want + 1, L->want ? "s" : "",
+		cli->connections ? "--connections" : "from the cores and the data");
+	sender_links(snd, L);
+	if (links_client_start(L) < 0)
+		return -1;
+	if (cli->connections)
+		links_wait(L); /* asked for N: all N carry data from the start */
+	return 0;
 }
 
 /* Send src over t: hellos, IMAGE, the engine's records, END (+ ACK). */
@@ -323,7 +391,11 @@ static int send_image(const struct copy_cli *cli, struct image *src, struct tran
 	struct sender snd;
 	struct change_map changed = { 0 };
 	struct track tr = { 0 };
+	struct links L = { 0 };
+	struct link_target lt;
 	int rc = sender_open(&snd, t, &so, st);
+	if (rc == 0 && snd.offered)
+		rc = start_links(cli, &cli->dst, &snd, src, &L, &lt);
 	if (rc == 0 && cli->bitmap)
 		rc = sender_use_bitmap(&snd, src, cli->bitmap, &changed, &co);
 	if (rc == 0 && cli->track)
@@ -339,10 +411,12 @@ static int send_image(const struct copy_cli *cli, struct image *src, struct tran
 	change_map_free(&changed);
 	track_free(&tr, src);
 	/* A dry run: what a real one would have sent. */
-	st->bytes_sent = t->bytes_out + snd.dry_wire;
+	st->bytes_sent = sender_bytes_out(&snd) + snd.dry_wire;
 	if (rc == 0)
 		st->bytes_received = snd.rd.bytes;
 	sender_free(&snd);
+	if (!stream)
+		links_close(&L, st);
 	return rc < 0 ? -1 : 0;
 }
 
@@ -374,6 +448,10 @@ static int pull(const struct copy_cli *cli, struct sp_stats *st)
 	/* The remote paces its own sending; our writes are tiny. */
 	t->bwlimit = 0;
 	char *pulled_name = path_base(cli->src.path); /* a local directory: DIR/NAME */
+	struct links L = { 0 };
+	struct link_target lt = { .cli = cli, .ep = &cli->src, .L = &L };
+	L.open = open_link;
+	L.open_ctx = &lt;
 	struct receive_opts ro = {
 		.dst_path = cli->dst.path, .out_fmt = cli->out_fmt, .create = &cli->create,
 		.whole = cli->whole, .target_is_zero = cli->target_is_zero,
@@ -381,9 +459,12 @@ static int pull(const struct copy_cli *cli, struct sp_stats *st)
 		.no_digest = cli->no_digest, .digest_file = cli->digest_file,
 		.src_name = pulled_name, .dry_run = cli->dry_run,
 		.workers = cli->workers, .progress = cli->progress,
+		.links_client = wants_links(cli) ? &L : NULL, .connections = cli->connections,
 	};
 	int rc = receive_run(t, &ro, st);
 	free(pulled_name);
+	if (ro.links_client)
+		links_close(&L, st);
 	return remote_finish(t, rc);
 }
 

@@ -9,6 +9,7 @@
 #include "../formats/nbd.h"
 #include "../core/copy.h"
 #include "../core/error.h"
+#include "../core/links.h"
 #include "../core/receive.h"
 #include "../core/send.h"
 #include "../core/sync_hash.h"
@@ -33,8 +34,11 @@ static const char serve_usage[] =
 	"                      [--compress C]\n"
 	"                      [--bwlimit RATE]\n"
 	"       sparsync serve --hashes PATH [-f raw|qcow2] [-U] [--hash-unit SIZE]\n"
+	"       sparsync serve --join NAME\n"
 	"       sparsync serve --restrict-to DIR [--read-only | --write-only] [--append-only]\n"
-	"Each of the first three also takes -j N, --timeout SECONDS and -v.\n"
+	"Each of the first three also takes -j N, --timeout SECONDS and -v; --receive\n"
+	"and --send take --links (offer further connections, which --join NAME hands\n"
+	"to the session: copy --connections).\n"
 	"The remote half of 'sparsync copy' and 'sparsync verify', started by them\n"
 	"over ssh: speaks the sparsync protocol on stdin/stdout. Not meant to be run\n"
 	"by hand. With --restrict-to it is the forced command of an authorized_keys\n"
@@ -45,7 +49,7 @@ enum {
 	OPT_RECEIVE = 256, OPT_SEND, OPT_HASHES, OPT_CLUSTER, OPT_COMPRESS, OPT_BWLIMIT,
 	OPT_BACKING, OPT_WHOLE, OPT_HASH_UNIT, OPT_SYNC, OPT_TIMEOUT, OPT_TARGET_ZERO, OPT_INPLACE,
 	OPT_NO_SPACE, OPT_NO_DIGEST, OPT_DIGEST_FILE, OPT_BITMAP, OPT_TRACK, OPT_SOURCE_NAME,
-	OPT_DRY_RUN,
+	OPT_DRY_RUN, OPT_JOIN, OPT_LINKS,
 };
 
 
@@ -69,6 +73,8 @@ int serve_parse(int argc, char **argv, struct serve_args *a)
 		{ "track", no_argument, NULL, OPT_TRACK },
 		{ "source-name", required_argument, NULL, OPT_SOURCE_NAME },
 		{ "dry-run", no_argument, NULL, OPT_DRY_RUN },
+		{ "join", required_argument, NULL, OPT_JOIN },
+		{ "links", no_argument, NULL, OPT_LINKS },
 		{ "sync", no_argument, NULL, OPT_SYNC },
 		{ "hash-unit", required_argument, NULL, OPT_HASH_UNIT },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
@@ -102,6 +108,8 @@ int serve_parse(int argc, char **argv, struct serve_args *a)
 		case OPT_TRACK: a->track = true; break;
 		case OPT_SOURCE_NAME: a->source_name = optarg; break;
 		case OPT_DRY_RUN: a->dry_run = true; break;
+		case OPT_JOIN: a->join = optarg; break;
+		case OPT_LINKS: a->links = true; break;
 		case OPT_SYNC: a->sync = true; break;
 		case OPT_HASH_UNIT:
 			if (parse_size(optarg, &v) < 0 || v < SYNC_UNIT_MIN || v > SYNC_UNIT_MAX ||
@@ -156,9 +164,11 @@ int serve_parse(int argc, char **argv, struct serve_args *a)
 	}
 	if (optind != argc)
 		return usage_error("serve", "unexpected argument '%s'", argv[optind]);
-	if ((a->receive != NULL) + (a->send != NULL) + (a->hashes != NULL) != 1)
-		return usage_error("serve", "give exactly one of --receive PATH, --send PATH and "
-				   "--hashes PATH");
+	if ((a->receive != NULL) + (a->send != NULL) + (a->hashes != NULL) + (a->join != NULL) != 1)
+		return usage_error("serve", "give exactly one of --receive PATH, --send PATH, "
+				   "--hashes PATH and --join NAME");
+	if (a->join && !proto_link_name_ok(a->join))
+		return usage_error("serve", "--join %s: not a sparsync rendezvous name", a->join);
 	return 0;
 }
 
@@ -176,12 +186,20 @@ static int serve_send(struct transport *t, const struct serve_args *a, const cha
 				    IMAGE_RDONLY | (a->force_share ? IMAGE_FORCE_SHARE : 0))))
 		snprintf(open_err, sizeof open_err, "%s", sp_errmsg());
 	struct send_opts so = { .codec = a->codec, .block_size = BLOCK_SIZE_DEFAULT, .sync = true };
+	struct links L = { 0 };
+	/* Several connections; when the rendezvous cannot be made, the
+	 * client gets one. */
+	if (a->links && !a->dry_run && links_host_open(&L) == 0)
+		so.offer = &L;
+	else if (a->links)
+		sp_err_clear();
 	if (src && src->granularity > so.block_size && src->granularity <= PROTO_BLOCK_MAX)
 		so.block_size = src->granularity;
 	struct sender snd;
 	int rc = sender_open(&snd, t, &so, &st);
 	if (rc == 0 && !src)
 		rc = sp_err("%s", open_err);
+
 	struct copy_opts co = { .block_size = so.block_size, .workers = a->workers,
 				.progress = PROGRESS_OFF, .read_ahead = true };
 	struct change_map changed = { 0 };
@@ -206,6 +224,7 @@ static int serve_send(struct transport *t, const struct serve_args *a, const cha
 	if (rc < 0 && snd.dead)
 		rc = PROTO_PEER_FAILED;
 	sender_free(&snd);
+	links_free(&L);
 	image_close(src);
 	return rc;
 }
@@ -213,6 +232,12 @@ static int serve_send(struct transport *t, const struct serve_args *a, const cha
 int serve_run(const struct serve_args *a, const char *refusal)
 {
 	int rc;
+	if (a->join) {
+		if (links_join_run(a->join) == 0)
+			return 0;
+		fprintf(stderr, "sparsync serve: %s\n", sp_errmsg());
+		return EXIT_FAIL;
+	}
 	struct transport *t = transport_fd_open(STDIN_FILENO, STDOUT_FILENO, "client");
 	if (!t)
 		return fail();
@@ -230,7 +255,15 @@ int serve_run(const struct serve_args *a, const char *refusal)
 			.workers = a->workers,
 			.progress = PROGRESS_OFF, .refusal = refusal,
 		};
+		struct links L = { 0 };
+		if (a->links && !a->dry_run && !refusal) {
+			if (links_host_open(&L) == 0)
+				ro.links_host = &L;
+			else
+				sp_err_clear(); /* one connection, then */
+		}
 		rc = receive_run(t, &ro, &st);
+		links_free(&L);
 	} else if (a->hashes) {
 		rc = hashes_serve(t, a->hashes, a->in_fmt, a->hash_unit, a->workers, a->force_share,
 				  refusal);

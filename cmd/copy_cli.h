@@ -38,6 +38,7 @@ struct copy_cli {
 	const char *rsh;            /* -e / --rsh */
 	const char *wire_compress;  /* --compress zstd[:LEVEL]|lz4|none; NULL = default */
 	uint64_t bwlimit;           /* bytes per second, 0 = none */
+	unsigned connections;       /* --connections N, 0 = from the cores (core/links.h) */
 	unsigned timeout_s;         /* --timeout, 0 = none */
 	unsigned connect_timeout;   /* --connect-timeout, 0 = ssh config or 30 s */
 	enum { SSH_AUTO, SSH_BUILTIN, SSH_OPENSSH } ssh_client; /* --ssh */

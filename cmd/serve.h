@@ -12,6 +12,8 @@
 
 struct serve_args {
 	const char *receive, *send, *hashes;
+	const char *join;       /* --join NAME: a further connection of a session (core/links.h) */
+	bool links;             /* --links: offer several connections */
 	enum image_format in_fmt, out_fmt;
 	struct image_create_opts create;
 	struct codec_choice codec;

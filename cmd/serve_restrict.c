@@ -127,6 +127,11 @@ static int resolve_paths(struct serve_args *a, struct resolved *res)
 /* The key's rules, then the paths. -1: refused, why in sp_errmsg(). */
 static int apply_rules(struct serve_args *a, const struct restriction *r, struct resolved *res)
 {
+	/* A further connection names no path: it joins a session this key
+	 * started, whose rules were applied then, and only with the token
+	 * that session gave its client (core/links.h). */
+	if (a->join)
+		return 0;
 	if (a->receive && r->read_only)
 		return sp_err("%s: pushes are refused: this key may only pull and verify (refused "
 			      "by serve --read-only)", a->receive);

@@ -88,7 +88,7 @@ void adapt_probe_result(struct adapt *a, uint64_t out_here, uint64_t out_next)
 void adapt_write(struct adapt *a, uint64_t ns)
 {
 	if (a->on)
-		a->busy_ns += ns;
+		__atomic_add_fetch(&a->busy_ns, ns, __ATOMIC_RELAXED);
 }
 
 static void step(struct adapt *a, int next, const char *why, double busy)
@@ -110,11 +110,13 @@ void adapt_tick(struct adapt *a)
 	uint64_t now = adapt_now_ns(), span = now - a->start_ns;
 	if (span < WINDOW_NS)
 		return;
-	double busy = (double)a->busy_ns / (double)span;
+	/* With several connections, each one's writer counts. */
+	unsigned writers = __atomic_load_n(&a->writers, __ATOMIC_RELAXED);
+	double busy = (double)__atomic_exchange_n(&a->busy_ns, 0, __ATOMIC_RELAXED) / (double)span /
+		      (writers ? writers : 1);
 	uint64_t wait = __atomic_exchange_n(&a->wait_ns, 0, __ATOMIC_RELAXED);
 	uint64_t comp = __atomic_exchange_n(&a->comp_ns, 0, __ATOMIC_RELAXED);
 	double rate = (double)__atomic_exchange_n(&a->win_in, 0, __ATOMIC_RELAXED) * 1e9 / (double)span;
-	a->busy_ns = 0;
 	a->start_ns = now;
 	a->windows++;
 	/* The probe block's saving one rung up (the probe is re-armed each

@@ -44,6 +44,7 @@ struct adapt {
 	 * compressing (atomics); the writer inside transport writes (under
 	 * the output lock, like everything below). */
 	uint64_t wait_ns, comp_ns, busy_ns;
+	unsigned writers;                      /* connections written in parallel (atomic) */
 	uint64_t win_in;                       /* data bytes compressed in the window */
 	uint64_t start_ns;
 	unsigned changes;

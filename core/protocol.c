@@ -57,6 +57,8 @@ static const char *rec_name(unsigned type)
 	case REC_ACK: return "ACK";
 	case REC_HASHES: return "HASHES";
 	case REC_TRACK: return "TRACK";
+	case REC_LINKS: return "LINKS";
+	case REC_JOIN: return "JOIN";
 	default: return "unknown";
 	}
 }
@@ -251,6 +253,40 @@ size_t proto_encode_track(uint8_t out[PROTO_FRAME_SIZE + PROTO_TRACK_SIZE],
 	return seal(out, REC_TRACK, PROTO_TRACK_SIZE);
 }
 
+size_t proto_encode_links(uint8_t out[PROTO_FRAME_SIZE + PROTO_LINKS_SIZE],
+			  const struct proto_links *l)
+{
+	uint8_t *b = out + PROTO_FRAME_SIZE;
+	memset(b, 0, PROTO_LINKS_SIZE);
+	memcpy(b, l->token, PROTO_LINK_TOKEN_SIZE);
+	put32(b + 16, l->cores);
+	memcpy(b + 24, l->name, strnlen(l->name, PROTO_LINK_NAME_MAX));
+	return seal(out, REC_LINKS, PROTO_LINKS_SIZE);
+}
+
+size_t proto_encode_join(uint8_t out[PROTO_FRAME_SIZE + PROTO_JOIN_SIZE],
+			 const struct proto_join *j)
+{
+	uint8_t *b = out + PROTO_FRAME_SIZE;
+	memset(b, 0, PROTO_JOIN_SIZE);
+	memcpy(b, j->token, PROTO_LINK_TOKEN_SIZE);
+	put32(b + 16, j->index);
+	return seal(out, REC_JOIN, PROTO_JOIN_SIZE);
+}
+
+#define LINK_NAME_PREFIX "sparsync-links-"
+
+bool proto_link_name_ok(const char *name)
+{
+	size_t p = strlen(LINK_NAME_PREFIX);
+	if (strncmp(name, LINK_NAME_PREFIX, p) != 0 || strlen(name) != p + 32)
+		return false;
+	for (const char *c = name + p; *c; c++)
+		if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'f')))
+			return false;
+	return true;
+}
+
 size_t proto_encode_ack(uint8_t out[PROTO_FRAME_SIZE + PROTO_ACK_SIZE_DIGEST],
 			const struct proto_ack *a)
 {
@@ -330,8 +366,12 @@ int proto_frame_decode(const struct proto_session *s, const uint8_t hdr[PROTO_FR
 		return sp_err("%s: malformed record header (type %u)", peer, t);
 	bool for_receiver = t == REC_IMAGE || t == REC_DATA || t == REC_ZERO || t == REC_END;
 	bool for_sender = t == REC_ACK || t == REC_HASHES;
-	if (!for_receiver && !for_sender && t != REC_ERROR && t != REC_TRACK)
+	bool link = t == REC_LINKS || t == REC_JOIN;
+	if (!for_receiver && !for_sender && !link && t != REC_ERROR && t != REC_TRACK)
 		return sp_err("%s: unknown record type %u", peer, t);
+	if (link && !(s->caps & CAP_LINKS))
+		return sp_err("%s: %s record, but several connections were not negotiated", peer,
+			      rec_name(t));
 	if (t == REC_TRACK) {
 		/* The receiver's before its hash list ends; the sender's after
 		 * IMAGE. */
@@ -361,6 +401,8 @@ int proto_frame_decode(const struct proto_session *s, const uint8_t hdr[PROTO_FR
 	case REC_END: want = PROTO_END_SIZE; break;
 	case REC_ACK: want = s->caps & CAP_DIGEST ? PROTO_ACK_SIZE_DIGEST : PROTO_ACK_SIZE; break;
 	case REC_TRACK: want = PROTO_TRACK_SIZE; break;
+	case REC_LINKS: want = PROTO_LINKS_SIZE; break;
+	case REC_JOIN: want = PROTO_JOIN_SIZE; break;
 	case REC_ERROR:
 		if (n == 0 || n > PROTO_ERROR_MAX)
 			return sp_err("%s: ERROR record of %u bytes (limit %u)", peer, n, PROTO_ERROR_MAX);
@@ -579,6 +621,26 @@ int proto_body_decode(struct proto_session *s, uint8_t type, uint8_t *b, size_t 
 		if ((b[16] & ~TRACK_IN_STEP) || !all_zero(b + 17, 7))
 			return sp_err("%s: malformed TRACK record", peer);
 		return 0;
+	case REC_LINKS:
+		if (len != PROTO_LINKS_SIZE || get32(b + 20) != 0)
+			return sp_err("%s: malformed LINKS record", peer);
+		memcpy(r->u.links.token, b, PROTO_LINK_TOKEN_SIZE);
+		r->u.links.cores = get32(b + 16);
+		memcpy(r->u.links.name, b + 24, PROTO_LINK_NAME_MAX);
+		r->u.links.name[PROTO_LINK_NAME_MAX] = '\0';
+		if (!proto_link_name_ok(r->u.links.name) ||
+		    !all_zero(b + 24 + strlen(r->u.links.name), PROTO_LINK_NAME_MAX - strlen(r->u.links.name)))
+			return sp_err("%s: malformed LINKS record (bad rendezvous name)", peer);
+		return 0;
+	case REC_JOIN:
+		if (len != PROTO_JOIN_SIZE || get32(b + 20) != 0)
+			return sp_err("%s: malformed JOIN record", peer);
+		memcpy(r->u.join.token, b, PROTO_LINK_TOKEN_SIZE);
+		r->u.join.index = get32(b + 16);
+		if (r->u.join.index < 1 || r->u.join.index >= PROTO_LINKS_MAX)
+			return sp_err("%s: JOIN record with link index %u (1..%u)", peer,
+				      r->u.join.index, PROTO_LINKS_MAX - 1);
+		return 0;
 	case REC_ERROR:
 		if (len == 0 || len > PROTO_ERROR_MAX)
 			return sp_err("%s: malformed ERROR record", peer);
@@ -651,6 +713,23 @@ void proto_digest_zero(struct proto_digest *g, uint64_t off, uint64_t len)
 	b[0] = 'Z';
 	put64(b + 1, off);
 	put64(b + 9, len);
+	hash_stream_update(g->h, b, sizeof b);
+}
+
+void proto_digest_link_start(struct proto_digest *g, uint32_t index)
+{
+	uint8_t b[1 + 4];
+	b[0] = 'J';
+	put32(b + 1, index);
+	hash_stream_update(g->h, b, sizeof b);
+}
+
+void proto_digest_link(struct proto_digest *g, uint32_t index, const struct hash128 *link)
+{
+	uint8_t b[1 + 4 + HASH_SIZE];
+	b[0] = 'L';
+	put32(b + 1, index);
+	memcpy(b + 5, link->b, HASH_SIZE);
 	hash_stream_update(g->h, b, sizeof b);
 }
 

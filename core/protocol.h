@@ -107,6 +107,11 @@ struct transport;
 #define PROTO_TRACK_ID_SIZE 16
 #define PROTO_TRACK_SIZE 24
 #define TRACK_IN_STEP 0x01u /* the destination is as the bitmap's start says */
+#define PROTO_LINKS_SIZE 72
+#define PROTO_LINK_NAME_MAX 48
+#define PROTO_LINK_TOKEN_SIZE 16
+#define PROTO_JOIN_SIZE 24
+#define PROTO_LINKS_MAX 16 /* connections of one session, the first included */
 #define PROTO_ERROR_MAX 1024
 #define PROTO_HASHES_HEAD 32
 #define PROTO_HASHES_MAX 65536u           /* hashes per HASHES record */
@@ -142,9 +147,12 @@ enum proto_role { ROLE_SENDER = 1, ROLE_RECEIVER = 2 };
  * it has one); the sender sends TRACK after IMAGE with the id to record
  * once the copy is complete. */
 #define CAP_TRACK (1ull << 19)
+/* Several connections: LINKS and JOIN records, an END per link (above). */
+#define CAP_LINKS (1ull << 20)
 /* What this build can read and write. */
 #define CAP_SUPPORTED \
-	(CAP_CODECS_ALL | CAP_HASH_XXH3_128 | CAP_SYNC | CAP_DATA_SIZE | CAP_DIGEST | CAP_TRACK)
+	(CAP_CODECS_ALL | CAP_HASH_XXH3_128 | CAP_SYNC | CAP_DATA_SIZE | CAP_DIGEST | CAP_TRACK | \
+	 CAP_LINKS)
 
 /* HASHES flags. */
 #define HASHES_LAST 0x01u
@@ -159,6 +167,8 @@ enum rec_type {
 	REC_ACK = 6,
 	REC_HASHES = 16, /* incremental sync (CAP_SYNC): receiver -> sender */
 	REC_TRACK = 17,  /* --track id (CAP_TRACK): both ways, see above */
+	REC_LINKS = 18,  /* several connections (CAP_LINKS): serve -> client */
+	REC_JOIN = 19,   /* ... client -> serve, on a further connection */
 };
 
 struct proto_hello {
@@ -216,9 +226,22 @@ struct proto_track {
 	uint8_t flags; /* TRACK_IN_STEP */
 };
 
+struct proto_links {
+	uint8_t token[PROTO_LINK_TOKEN_SIZE];
+	uint32_t cores;
+	char name[PROTO_LINK_NAME_MAX + 1]; /* NUL-terminated */
+};
+
+struct proto_join {
+	uint8_t token[PROTO_LINK_TOKEN_SIZE];
+	uint32_t index;
+};
+
 struct proto_rec {
 	uint8_t type;
 	union {
+		struct proto_links links;
+		struct proto_join join;
 		struct proto_track track;
 		struct proto_image image;
 		struct proto_data data;
@@ -284,6 +307,12 @@ size_t proto_encode_ack(uint8_t out[PROTO_FRAME_SIZE + PROTO_ACK_SIZE_DIGEST],
 			const struct proto_ack *a);
 size_t proto_encode_track(uint8_t out[PROTO_FRAME_SIZE + PROTO_TRACK_SIZE],
 			  const struct proto_track *t);
+size_t proto_encode_links(uint8_t out[PROTO_FRAME_SIZE + PROTO_LINKS_SIZE],
+			  const struct proto_links *l);
+size_t proto_encode_join(uint8_t out[PROTO_FRAME_SIZE + PROTO_JOIN_SIZE],
+			 const struct proto_join *j);
+/* A rendezvous name as LINKS carries it: "sparsync-links-" and 32 hex digits. */
+bool proto_link_name_ok(const char *name);
 /* rec holds room for the frame and the 32-byte head, then h->count hashes
  * already in place (h->hashes is not read): fill in frame and head, return
  * the record's total size. */
@@ -323,6 +352,11 @@ int proto_digest_init(struct proto_digest *g);
 void proto_digest_image(struct proto_digest *g, const struct proto_image *im);
 void proto_digest_data(struct proto_digest *g, uint64_t off, uint32_t len, const struct hash128 *h);
 void proto_digest_zero(struct proto_digest *g, uint64_t off, uint64_t len);
+/* Several connections: after the first link's records, {'L', u32 index,
+ * digest of that link's records} for each further link, in index order.
+ * A link's own digest covers {'J', u32 index}, then its records. */
+void proto_digest_link(struct proto_digest *g, uint32_t index, const struct hash128 *link);
+void proto_digest_link_start(struct proto_digest *g, uint32_t index);
 void proto_digest_final(struct proto_digest *g, struct hash128 *out);
 void proto_digest_free(struct proto_digest *g);
 

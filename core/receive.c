@@ -5,6 +5,7 @@
 #include "dest.h"
 #include "error.h"
 #include "protocol.h"
+#include "receive_links.h"
 #include "sync_hash.h"
 #include "sync_list.h"
 
@@ -32,12 +33,22 @@ struct receiver {
 	bool peer_failed;
 	struct proto_end seen; /* what arrived, to check against END */
 	bool by_data;          /* progress over data bytes (a new DST) */
+	/* Several connections (core/links.h, receive_links.h). */
+	struct links *links;   /* the host's rendezvous or the client's opener */
+	bool links_on;
+	struct rx_links rx;
+	pthread_mutex_t write_lock, prog_lock;
+	uint64_t done;         /* progress: data bytes over every connection */
 };
 
 static int next(struct receiver *r, struct proto_rec *rec)
 {
-	if (proto_read(&r->rd, rec) < 0)
+	if (proto_read(&r->rd, rec) < 0) {
+		/* A further connection failed and cut this one: its reason. */
+		if (r->links_on && rx_links_failed(&r->rx))
+			sp_err("%s", rx_links_message(&r->rx));
 		return -1;
+	}
 	r->st->bytes_received = r->rd.bytes;
 	if (rec->type == REC_ERROR) {
 		r->peer_failed = true;
@@ -54,16 +65,67 @@ static int next(struct receiver *r, struct proto_rec *rec)
 static int write_hello(struct receiver *r)
 {
 	struct proto_hello mine;
-	uint64_t caps = CAP_SUPPORTED & ~CAP_SYNC;
+	uint64_t caps = CAP_SUPPORTED & ~(CAP_SYNC | CAP_LINKS);
 	if (r->o->sync)
 		caps |= CAP_SYNC;
+	if (r->links)
+		caps |= CAP_LINKS;
 	proto_hello_init(&mine, ROLE_RECEIVER, 0, PROTO_BLOCK_MAX, caps);
 	r->mine = mine;
 	if (r->o->stream)
 		return 0;
 	if (proto_write_hello(r->t, &mine) < 0)
 		return -1;
+	/* Serve: where further connections join, before anything else. */
+	if (r->o->links_host) {
+		uint8_t b[PROTO_FRAME_SIZE + PROTO_LINKS_SIZE];
+		if (transport_write(r->t, b, proto_encode_links(b, &r->o->links_host->offer)) < 0)
+			return -1;
+	}
 	r->st->bytes_sent = r->t->bytes_out;
+	return 0;
+}
+
+/* Several connections: the links that join write into DST beside us. */
+static int links_setup(struct receiver *r)
+{
+	struct links *L = r->links;
+	if (transport_make_cuttable(r->t) < 0)
+		return -1;
+	pthread_mutex_init(&r->write_lock, NULL);
+	pthread_mutex_init(&r->prog_lock, NULL);
+	rx_links_init(&r->rx, L, r->st, r->t, r->answer, &r->write_lock);
+	r->links_on = true;
+	L->mine = r->mine;
+	L->me = ROLE_RECEIVER;
+	L->peer = r->t->name;
+	L->timeout_s = r->t->timeout_s;
+	return r->o->links_host ? links_host_start(L) : 0;
+}
+
+/* The client of a pull: the sender's LINKS record follows its hello when
+ * it offers several connections. */
+static int read_links_offer(struct receiver *r)
+{
+	if (!(r->s.caps & CAP_LINKS) || r->o->links_host)
+		return 0;
+	struct proto_rec rec;
+	if (next(r, &rec) < 0)
+		return -1;
+	if (rec.type != REC_LINKS)
+		return sp_err("%s: expected the LINKS record, got type %u", r->s.peer, rec.type);
+	if (!r->o->links_client)
+		return 0;
+	struct links *L = r->links;
+	L->offer = rec.u.links;
+	if (links_setup(r) < 0)
+		return -1;
+	/* The data size is not known yet: the cores decide. */
+	L->want = links_want(r->o->connections, L->offer.cores, UINT64_MAX);
+	if (links_client_start(L) < 0)
+		return -1;
+	if (r->o->connections)
+		links_wait(L); /* --connections N: all N from the start */
 	return 0;
 }
 
@@ -142,6 +204,47 @@ static int send_hash_list(struct receiver *r)
 	return sync_list_write(r->t, img, unit, r->o->workers, dest_map_to_fill(&r->d, unit));
 }
 
+/* Progress, shared with the threads of further connections. */
+static void show(struct receiver *r, struct progress *prog, uint64_t off_end, uint64_t data)
+{
+	uint64_t total = __atomic_add_fetch(&r->done, data, __ATOMIC_RELAXED);
+	if (!prog->on || (r->by_data && !data))
+		return;
+	if (r->links_on)
+		pthread_mutex_lock(&r->prog_lock);
+	progress_update(prog, r->by_data ? total : off_end, r->st);
+	if (r->links_on)
+		pthread_mutex_unlock(&r->prog_lock);
+}
+
+static int check_end(struct receiver *r, const struct proto_end *e)
+{
+	if (r->links_on && rx_links_finish(&r->rx, &r->dg, &r->seen) < 0)
+		return -1;
+	proto_digest_final(&r->dg, &r->seen.digest);
+	if (e->data_bytes != r->seen.data_bytes || e->data_records != r->seen.data_records ||
+	    e->zero_bytes != r->seen.zero_bytes)
+		return sp_err("%s: the END record counts %llu data bytes in %llu records "
+			      "and %llu zero bytes, but %llu, %llu and %llu arrived",
+			      r->s.peer, (unsigned long long)e->data_bytes,
+			      (unsigned long long)e->data_records,
+			      (unsigned long long)e->zero_bytes,
+			      (unsigned long long)r->seen.data_bytes,
+			      (unsigned long long)r->seen.data_records,
+			      (unsigned long long)r->seen.zero_bytes);
+	if (!hash128_equal(&e->digest, &r->seen.digest))
+		return sp_err("%s: stream digest mismatch (records lost, altered or "
+			      "reordered)", r->s.peer);
+	/* Data at the source: what came plus what a sync found unchanged. */
+	uint64_t data = r->seen.data_bytes + e->bytes_unchanged;
+	r->st->bytes_read += e->source_bytes_read;
+	r->st->bytes_data += data;
+	r->st->bytes_zero += data < r->s.image.size ? r->s.image.size - data : 0;
+	r->st->blocks_changed += e->units_changed;
+	r->st->bytes_unchanged += e->bytes_unchanged;
+	return 0;
+}
+
 static int apply(struct receiver *r, struct sink *sink, struct progress *prog)
 {
 	struct proto_rec rec;
@@ -159,8 +262,7 @@ static int apply(struct receiver *r, struct sink *sink, struct progress *prog)
 			proto_digest_data(&r->dg, d->offset, d->length, &d->hash);
 			r->seen.data_bytes += d->length;
 			r->seen.data_records++;
-			progress_update(prog, r->by_data ? r->seen.data_bytes : d->offset + d->length,
-					r->st);
+			show(r, prog, d->offset + d->length, d->length);
 			break;
 		}
 		case REC_ZERO: {
@@ -169,39 +271,15 @@ static int apply(struct receiver *r, struct sink *sink, struct progress *prog)
 				return -1;
 			proto_digest_zero(&r->dg, z->offset, z->length);
 			r->seen.zero_bytes += z->length;
-			if (!r->by_data)
-				progress_update(prog, z->offset + z->length, r->st);
+			show(r, prog, z->offset + z->length, 0);
 			break;
 		}
 		case REC_TRACK:
 			/* Recorded in DST's digest file, if the copy completes. */
 			dest_set_track_id(&r->d, rec.u.track.id);
 			break;
-		case REC_END: {
-			const struct proto_end *e = &rec.u.end;
-			proto_digest_final(&r->dg, &r->seen.digest);
-			if (e->data_bytes != r->seen.data_bytes || e->data_records != r->seen.data_records ||
-			    e->zero_bytes != r->seen.zero_bytes)
-				return sp_err("%s: the END record counts %llu data bytes in %llu records "
-					      "and %llu zero bytes, but %llu, %llu and %llu arrived",
-					      r->s.peer, (unsigned long long)e->data_bytes,
-					      (unsigned long long)e->data_records,
-					      (unsigned long long)e->zero_bytes,
-					      (unsigned long long)r->seen.data_bytes,
-					      (unsigned long long)r->seen.data_records,
-					      (unsigned long long)r->seen.zero_bytes);
-			if (!hash128_equal(&e->digest, &r->seen.digest))
-				return sp_err("%s: stream digest mismatch (records lost, altered or "
-					      "reordered)", r->s.peer);
-			/* Data at the source: what came plus what a sync found unchanged. */
-			uint64_t data = r->seen.data_bytes + e->bytes_unchanged;
-			r->st->bytes_read += e->source_bytes_read;
-			r->st->bytes_data += data;
-			r->st->bytes_zero += data < r->s.image.size ? r->s.image.size - data : 0;
-			r->st->blocks_changed += e->units_changed;
-			r->st->bytes_unchanged += e->bytes_unchanged;
-			return 0;
-		}
+		case REC_END:
+			return check_end(r, &rec.u.end);
 		default:
 			return sp_err("%s: unexpected record type %u", r->s.peer, rec.type);
 		}
@@ -218,7 +296,13 @@ static int receive_body(struct receiver *r, struct progress *prog)
 	 * progress over the offset reached. */
 	r->by_data = !dest_known_image(&r->d) && r->s.image.has_data;
 	progress_init(prog, r->o->progress, r->by_data ? r->s.image.data : r->s.image.size);
-	int rc = apply(r, sink, prog);
+	int rc = 0;
+	if (r->links_on)
+		rc = rx_links_ready(&r->rx, sink, &r->s, prog, &r->prog_lock, r->by_data, &r->done);
+	if (rc == 0)
+		rc = apply(r, sink, prog);
+	if (rc < 0 && r->links_on)
+		rx_links_abort(&r->rx);
 	if (rc == 0)
 		rc = sink->ops->finish(sink);
 	progress_end(prog);
@@ -235,6 +319,7 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 	r.s.peer = t->name;
 	r.s.me = ROLE_RECEIVER;
 	r.answer = !o->stream;
+	r.links = o->stream ? NULL : o->links_host ? o->links_host : o->links_client;
 	proto_reader_init(&r.rd, t, &r.s);
 	double t0 = now_seconds();
 	struct progress prog = { 0 };
@@ -242,14 +327,26 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 	bool sync = o->sync && !o->stream;
 	bool told = false; /* our ERROR record went out */
 	int rc = write_hello(&r);
+	if (rc == 0 && o->links_host && !o->stream)
+		rc = links_setup(&r);
+	/* A pull with several connections: serve's hello and LINKS come first
+	 * (it writes them before it reads), so that the links can join before
+	 * our hash list lets it start sending. */
+	bool early = r.links && o->links_client;
+	if (rc == 0 && early)
+		rc = read_hello(&r);
+	if (rc == 0 && early)
+		rc = read_links_offer(&r);
 	if (rc == 0 && sync) {
 		rc = choose_dest(&r, true);
 		if (rc == 0)
 			rc = send_hash_list(&r);
 		st->bytes_sent = t->bytes_out;
 	}
-	if (rc == 0)
+	if (rc == 0 && !early)
 		rc = read_hello(&r);
+	if (rc == 0 && !early)
+		rc = read_links_offer(&r);
 	if (rc == 0 && !sync)
 		rc = choose_dest(&r, false);
 	struct proto_rec rec;
@@ -275,7 +372,7 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 	if (rc == 0 && r.answer) {
 		struct proto_ack a = {
 			.bytes_written = st->bytes_written,
-			.bytes_received = r.rd.bytes,
+			.bytes_received = r.rd.bytes + (r.links_on ? rx_links_bytes(&r.rx) : 0),
 			.blocks_changed = st->blocks_changed,
 			.bytes_unchanged = st->bytes_unchanged,
 			.has_dest_read = r.s.caps & CAP_DIGEST,
@@ -288,18 +385,29 @@ int receive_run(struct transport *t, const struct receive_opts *o, struct sp_sta
 	if (rc < 0) {
 		char saved[1024];
 		snprintf(saved, sizeof saved, "%s", sp_errmsg());
+		if (r.links_on)
+			rx_links_abort(&r.rx); /* no thread writes into DST any more */
 		if (r.have_dest)
 			dest_abort(&r.d);
 		sp_err("%s", saved);
 		/* Only a sparsync client reads (and shows) our ERROR: one that
 		 * said hello, or asked for a hash list (--sync), which is all a
-		 * client does before its hello is read. */
-		if (r.answer && !r.peer_failed && proto_send_error(t, sp_errmsg()) == 0)
+		 * client does before its hello is read. A further connection's
+		 * failure was told already. */
+		if (r.links_on && r.rx.told)
+			told = true;
+		else if (r.answer && !r.peer_failed && proto_send_error(t, sp_errmsg()) == 0)
 			told = r.s.caps != 0 || o->sync;
 	}
 	if (r.have_dest)
 		dest_close(&r.d);
 	st->bytes_received = r.rd.bytes;
+	if (r.links_on) {
+		st->bytes_received += rx_links_bytes(&r.rx);
+		rx_links_free(&r.rx);
+		pthread_mutex_destroy(&r.write_lock);
+		pthread_mutex_destroy(&r.prog_lock);
+	}
 	st->bytes_sent = t->bytes_out;
 	st->seconds = now_seconds() - t0;
 	proto_reader_free(&r.rd);

@@ -35,6 +35,14 @@ struct receive_opts {
 	/* A restricted serve's rule refused the request: fail with this where
 	 * a DST that cannot be opened would (the client shows it). */
 	const char *refusal;
+	/* Several connections (core/links.h). Serve: a rendezvous made by
+	 * links_host_open, offered in a LINKS record after our hello. The
+	 * client of a pull: taken when the sender offers one, with L->open
+	 * and L->want set (links_want); the links are opened once the IMAGE
+	 * record has said how much data comes. The owner frees L after
+	 * receive_run. */
+	struct links *links_host, *links_client;
+	unsigned connections;                     /* --connections, 0 = from the cores */
 };
 
 /* Write our hello. When syncing (o->sync), at once the hash list: of DST

@@ -74,17 +74,27 @@ static void scratch_put(struct sender *s, struct send_scratch *w)
 	pthread_mutex_unlock(&s->pool_lock);
 }
 
-/* ---- output, all with s->lock held ---- */
+/* ---- output, each lane under its lock ---- */
 
 /* A write to the peer failed. Over ssh/-e the receiver usually stopped on
- * purpose and said why in an ERROR record: prefer its reason. Every later
- * call fails with the same message. */
-static int wire_failed(struct sender *s)
+ * purpose and said why in an ERROR record on the first connection: prefer
+ * its reason. Every later call fails with the same message; the other
+ * links are cut, so that no worker stays blocked on one. */
+static int wire_failed(struct sender *s, struct send_lane *on)
 {
-	if (!s->dead) {
-		s->dead = true;
-		char saved[1024];
-		snprintf(saved, sizeof saved, "%s", sp_errmsg());
+	char saved[1024];
+	snprintf(saved, sizeof saved, "%s", sp_errmsg());
+	unsigned n = __atomic_load_n(&s->nlanes, __ATOMIC_ACQUIRE);
+	for (unsigned i = 0; i < n; i++)
+		if (s->lanes[i] != on)
+			transport_cut(s->lanes[i]->t);
+	/* The first connection is read here: no other thread may write on
+	 * it meanwhile (one libssh2 session is one thread's at a time). The
+	 * order, main lane then dead_lock, is the same for every caller. */
+	if (on != &s->main)
+		pthread_mutex_lock(&s->main.lock);
+	pthread_mutex_lock(&s->dead_lock);
+	if (!__atomic_load_n(&s->dead, __ATOMIC_ACQUIRE)) {
 		struct proto_rec r;
 		if (!s->o.stream && s->o.read_peer_error && proto_read(&s->rd, &r) == 0 &&
 		    r.type == REC_ERROR) {
@@ -94,42 +104,84 @@ static int wire_failed(struct sender *s)
 			sp_err("%s", saved);
 		}
 		snprintf(s->deadmsg, sizeof s->deadmsg, "%s", sp_errmsg());
+		__atomic_store_n(&s->dead, true, __ATOMIC_RELEASE);
 	}
+	pthread_mutex_unlock(&s->dead_lock);
+	if (on != &s->main)
+		pthread_mutex_unlock(&s->main.lock);
 	return sp_err("%s", s->deadmsg);
 }
 
-static int raw_write(struct sender *s, const void *p, size_t n)
+static int raw_write(struct sender *s, struct send_lane *l, const void *p, size_t n)
 {
-	if (s->dead)
+	if (__atomic_load_n(&s->dead, __ATOMIC_ACQUIRE))
 		return sp_err("%s", s->deadmsg);
 	uint64_t t0 = s->ad.on ? adapt_now_ns() : 0;
-	if (transport_write(s->t, p, n) < 0)
-		return wire_failed(s);
+	if (transport_write(l->t, p, n) < 0)
+		return wire_failed(s, l);
 	if (s->ad.on)
 		adapt_write(&s->ad, adapt_now_ns() - t0);
-	__atomic_store_n(&s->base.stats->bytes_sent, s->t->bytes_out, __ATOMIC_RELAXED);
+	if (l->index)
+		__atomic_add_fetch(&s->lanes_out, n, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->base.stats->bytes_sent, sender_bytes_out(s), __ATOMIC_RELAXED);
 	return 0;
+}
+
+static int flush_lane(struct sender *s, struct send_lane *l)
+{
+	size_t n = l->wlen;
+	l->wlen = 0;
+	return n ? raw_write(s, l, l->wbuf, n) : 0;
+}
+
+static int out_lane(struct sender *s, struct send_lane *l, const void *p, size_t n)
+{
+	if (l->wlen + n <= WBUF_SIZE) {
+		memcpy(l->wbuf + l->wlen, p, n);
+		l->wlen += n;
+		return 0;
+	}
+	if (flush_lane(s, l) < 0)
+		return -1;
+	if (n < WBUF_SIZE)
+		return out_lane(s, l, p, n);
+	return raw_write(s, l, p, n);
 }
 
 static int flush_wbuf(struct sender *s)
 {
-	size_t n = s->wlen;
-	s->wlen = 0;
-	return n ? raw_write(s, s->wbuf, n) : 0;
+	return flush_lane(s, &s->main);
 }
 
 static int out(struct sender *s, const void *p, size_t n)
 {
-	if (s->wlen + n <= WBUF_SIZE) {
-		memcpy(s->wbuf + s->wlen, p, n);
-		s->wlen += n;
-		return 0;
+	return out_lane(s, &s->main, p, n);
+}
+
+uint64_t sender_bytes_out(const struct sender *s)
+{
+	return (s->t ? s->t->bytes_out : 0) + __atomic_load_n(&s->lanes_out, __ATOMIC_RELAXED);
+}
+
+/* The lane for the next DATA record, locked: the first that is free,
+ * starting from a different one each time, or (all busy) that one. */
+static struct send_lane *lane_take(struct sender *s)
+{
+	unsigned n = __atomic_load_n(&s->nlanes, __ATOMIC_ACQUIRE);
+	if (n == 0) {
+		pthread_mutex_lock(&s->main.lock);
+		return &s->main;
 	}
-	if (flush_wbuf(s) < 0)
-		return -1;
-	if (n < WBUF_SIZE)
-		return out(s, p, n);
-	return raw_write(s, p, n);
+	unsigned start = __atomic_fetch_add(&s->rr, 1, __ATOMIC_RELAXED) % (n + 1);
+	for (unsigned i = 0; i <= n; i++) {
+		unsigned k = (start + i) % (n + 1);
+		struct send_lane *l = k ? s->lanes[k - 1] : &s->main;
+		if (pthread_mutex_trylock(&l->lock) == 0)
+			return l;
+	}
+	struct send_lane *l = start ? s->lanes[start - 1] : &s->main;
+	pthread_mutex_lock(&l->lock);
+	return l;
 }
 
 static int flush_zero(struct sender *s)
@@ -184,7 +236,8 @@ static int send_piece(struct sender *s, struct send_scratch *w, uint64_t off, co
 	if (adapt_probe_take(&s->ad, rung))
 		probe_next_rung(s, w, &j, rung);
 	int rc = 0;
-	pthread_mutex_lock(&s->lock);
+	struct send_lane *l = s->o.dry_run ? (pthread_mutex_lock(&s->main.lock), &s->main)
+					   : lane_take(s);
 	uint64_t t2 = s->ad.on ? adapt_now_ns() : 0;
 	adapt_block(&s->ad, rung, len, j.rec.clen, t1 - t0, t2 - t1);
 	if (s->o.dry_run) {
@@ -192,15 +245,27 @@ static int send_piece(struct sender *s, struct send_scratch *w, uint64_t off, co
 		rc = flush_zero(s);
 		s->dry_wire += j.wire_len;
 		s->dry_data += len;
-	} else if (flush_zero(s) < 0 || out(s, j.cbuf, j.wire_len) < 0) {
+	} else if (l == &s->main) {
+		if (flush_zero(s) < 0 || out(s, j.cbuf, j.wire_len) < 0) {
+			rc = -1;
+		} else {
+			proto_digest_data(&s->dg, off, j.rec.length, &j.rec.hash);
+			s->end.data_bytes += len;
+			s->end.data_records++;
+		}
+	} else if (out_lane(s, l, j.cbuf, j.wire_len) < 0) {
 		rc = -1;
 	} else {
-		proto_digest_data(&s->dg, off, j.rec.length, &j.rec.hash);
-		s->end.data_bytes += len;
-		s->end.data_records++;
-		adapt_tick(&s->ad);
+		proto_digest_data(&l->dg, off, j.rec.length, &j.rec.hash);
+		l->data_bytes += len;
+		l->data_records++;
 	}
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&l->lock);
+	if (rc == 0 && s->ad.on) {
+		pthread_mutex_lock(&s->adapt_lock);
+		adapt_tick(&s->ad);
+		pthread_mutex_unlock(&s->adapt_lock);
+	}
 	return rc;
 }
 
@@ -208,8 +273,8 @@ static int send_piece(struct sender *s, struct send_scratch *w, uint64_t off, co
 static int queue_zero(struct sender *s, uint64_t off, uint64_t len)
 {
 	int rc = 0;
-	pthread_mutex_lock(&s->lock);
-	if (s->dead) {
+	pthread_mutex_lock(&s->main.lock);
+	if (__atomic_load_n(&s->dead, __ATOMIC_ACQUIRE)) {
 		rc = sp_err("%s", s->deadmsg);
 	} else if (s->zero_len && s->zero_off + s->zero_len == off) {
 		s->zero_len += len;
@@ -218,7 +283,7 @@ static int queue_zero(struct sender *s, uint64_t off, uint64_t len)
 		s->zero_off = off;
 		s->zero_len = len;
 	}
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->main.lock);
 	return rc;
 }
 
@@ -247,12 +312,102 @@ static int send_zero(struct sink *base, uint64_t off, uint64_t len)
 	return queue_zero(s, off, len);
 }
 
+static uint64_t sum_lanes(struct send_lane *const *l, unsigned n)
+{
+	uint64_t t = 0;
+	for (unsigned i = 0; i < n; i++)
+		t += l[i]->data_bytes;
+	return t;
+}
+
+static uint64_t sum_records(struct send_lane *const *l, unsigned n)
+{
+	uint64_t t = 0;
+	for (unsigned i = 0; i < n; i++)
+		t += l[i]->data_records;
+	return t;
+}
+
+/* Further links end with an END of their own; the first connection's
+ * END counts their records and its digest covers theirs, in index order
+ * (core/protocol.h). */
+static int finish_lanes(struct sender *s)
+{
+	if (s->links)
+		links_stop(s->links); /* from here on no lane joins */
+	unsigned n = __atomic_load_n(&s->nlanes, __ATOMIC_ACQUIRE);
+	struct send_lane *by_index[PROTO_LINKS_MAX];
+	for (unsigned i = 0; i < n; i++) {
+		unsigned k = i;
+		while (k > 0 && by_index[k - 1]->index > s->lanes[i]->index) {
+			by_index[k] = by_index[k - 1];
+			k--;
+		}
+		by_index[k] = s->lanes[i];
+	}
+	for (unsigned i = 0; i < n; i++) {
+		struct send_lane *l = by_index[i];
+		struct proto_end e = { .data_bytes = l->data_bytes, .data_records = l->data_records };
+		proto_digest_final(&l->dg, &e.digest);
+		uint8_t b[PROTO_FRAME_SIZE + PROTO_END_SIZE];
+		size_t len = proto_encode_end(b, &e);
+		if (out_lane(s, l, b, len) < 0 || flush_lane(s, l) < 0)
+			return -1;
+		proto_digest_link(&s->dg, l->index, &e.digest);
+		s->end.data_bytes += l->data_bytes;
+		s->end.data_records += l->data_records;
+	}
+	if (n && sp_verbose()) {
+		char a[32];
+		sp_info("%s: connection 1 carried %s of data in %llu records", s->s.peer,
+			human_bytes(s->end.data_bytes - sum_lanes(by_index, n), a, sizeof a),
+			(unsigned long long)(s->end.data_records - sum_records(by_index, n)));
+		for (unsigned i = 0; i < n; i++)
+			sp_info("%s: connection %u carried %s of data in %llu records", s->s.peer,
+				by_index[i]->index + 1, human_bytes(by_index[i]->data_bytes, a, sizeof a),
+				(unsigned long long)by_index[i]->data_records);
+	}
+	return 0;
+}
+
+/* Several connections: a link that joined becomes a lane (called by the
+ * links thread, with the set locked). */
+static int lane_add(void *owner, struct link *lk)
+{
+	struct sender *s = owner;
+	if (__atomic_load_n(&s->dead, __ATOMIC_ACQUIRE) || s->o.dry_run)
+		return sp_err("%s: the session is over", s->s.peer);
+	unsigned n = __atomic_load_n(&s->nlanes, __ATOMIC_ACQUIRE);
+	struct send_lane *l = n < PROTO_LINKS_MAX ? calloc(1, sizeof *l) : NULL;
+	if (!l || !(l->wbuf = malloc(WBUF_SIZE)) || proto_digest_init(&l->dg) < 0) {
+		if (l)
+			free(l->wbuf);
+		free(l);
+		return sp_err("out of memory");
+	}
+	l->t = lk->t;
+	l->index = lk->index;
+	pthread_mutex_init(&l->lock, NULL);
+	proto_digest_link_start(&l->dg, l->index);
+	s->lanes[n] = l;
+	__atomic_store_n(&s->nlanes, n + 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&s->ad.writers, n + 2, __ATOMIC_RELAXED);
+	return 0;
+}
+
+void sender_links(struct sender *s, struct links *L)
+{
+	L->add = lane_add;
+	L->owner = s;
+	s->links = L;
+}
+
 /* END, then (over ssh/-e) wait for the receiver to say it flushed and
  * renamed: only then is the copy done. Called once the workers are done. */
 static int send_finish(struct sink *base)
 {
 	struct sender *s = (struct sender *)base;
-	if (flush_zero(s) < 0)
+	if (flush_zero(s) < 0 || finish_lanes(s) < 0)
 		return -1;
 	if (s->src)
 		s->end.source_bytes_read = s->src->bytes_read - s->src_read0;
@@ -324,15 +479,18 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 	s->s.peer = t->name;
 	s->s.me = ROLE_SENDER;
 	proto_reader_init(&s->rd, t, &s->s);
-	pthread_mutex_init(&s->lock, NULL);
+	s->main.t = t;
+	pthread_mutex_init(&s->main.lock, NULL);
 	pthread_mutex_init(&s->pool_lock, NULL);
+	pthread_mutex_init(&s->adapt_lock, NULL);
+	pthread_mutex_init(&s->dead_lock, NULL);
 	s->locks_ready = true;
 	if (o->block_size < PROTO_BLOCK_MIN || o->block_size > PROTO_BLOCK_MAX)
 		return sp_err("block size %u is outside %u..%u", o->block_size, PROTO_BLOCK_MIN,
 			      PROTO_BLOCK_MAX);
 	if (o->codec.codec >= WIRE_CODEC_COUNT)
 		return sp_err("unknown codec %d", (int)o->codec.codec);
-	if (proto_digest_init(&s->dg) < 0 || !(s->wbuf = malloc(WBUF_SIZE)))
+	if (proto_digest_init(&s->dg) < 0 || !(s->main.wbuf = malloc(WBUF_SIZE)))
 		return sp_err("out of memory");
 
 	struct proto_hello mine, peer;
@@ -343,9 +501,27 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 		caps |= CAP_SYNC;
 	if (!o->stream)
 		caps |= CAP_DATA_SIZE | CAP_DIGEST | CAP_TRACK;
+	/* Several connections: serve offers them, a client that asked for
+	 * them reads the offer. */
+	if (!o->stream && (o->offer || o->links))
+		caps |= CAP_LINKS;
 	proto_hello_init(&mine, ROLE_SENDER, o->stream ? HELLO_STREAM : 0, o->block_size, caps);
+	s->mine = mine;
 	if (proto_write_hello(t, &mine) < 0)
 		return -1;
+	if (o->offer && !o->stream) {
+		struct links *L = o->offer;
+		uint8_t b[PROTO_FRAME_SIZE + PROTO_LINKS_SIZE];
+		if (transport_write(t, b, proto_encode_links(b, &L->offer)) < 0)
+			return -1;
+		L->mine = mine;
+		L->me = ROLE_SENDER;
+		L->peer = t->name;
+		L->timeout_s = t->timeout_s;
+		sender_links(s, L);
+		if (links_host_start(L) < 0)
+			return -1;
+	}
 	st->bytes_sent = t->bytes_out;
 	if (o->stream) {
 		/* Nobody answers a stream: assume a receiver like us. */
@@ -360,6 +536,18 @@ int sender_open(struct sender *s, struct transport *t, const struct send_opts *o
 		return sp_err("%s: the remote sparsync cannot decompress %s; use --compress none",
 			      t->name, codec_name(o->codec.codec));
 	s->cover = s->s.caps & CAP_DIGEST;
+	/* Serve offers several connections right after its hello. */
+	if (!o->offer && (s->s.caps & CAP_LINKS)) {
+		struct proto_rec r;
+		if (proto_read(&s->rd, &r) < 0)
+			return -1;
+		if (r.type == REC_ERROR)
+			return proto_peer_error(&s->s, &r);
+		if (r.type != REC_LINKS)
+			return sp_err("%s: expected the LINKS record, got type %u", t->name, r.type);
+		s->offer = r.u.links;
+		s->offered = true;
+	}
 	/* A stream (an archive) and a dry run (whose count must match a real
 	 * run's) have no link to follow: they keep where auto starts. */
 	struct codec_choice ch = o->codec;
@@ -397,6 +585,8 @@ int sender_begin(struct sender *s, struct image *src)
 	}
 	s->s.image = im;
 	s->s.have_image = true;
+	__atomic_store_n(&s->ad.writers, 1 + __atomic_load_n(&s->nlanes, __ATOMIC_ACQUIRE),
+			 __ATOMIC_RELAXED);
 	proto_digest_image(&s->dg, &im);
 	if (s->syncing)
 		sync_filter_init(&s->filter, &s->base, &s->table, src, s->cover, s->base.stats);
@@ -451,7 +641,7 @@ int sender_abort(struct sender *s)
 {
 	if (s->peer_failed)
 		return PROTO_PEER_FAILED;
-	if (!s->dead && s->wbuf) {
+	if (!__atomic_load_n(&s->dead, __ATOMIC_ACQUIRE) && s->main.wbuf) {
 		char saved[1024];
 		snprintf(saved, sizeof saved, "%s", sp_errmsg());
 		/* What was queued goes first, so the reader sees whole records. */
@@ -479,11 +669,23 @@ void sender_free(struct sender *s)
 	sync_table_free(&s->table);
 	proto_reader_free(&s->rd);
 	proto_digest_free(&s->dg);
-	free(s->wbuf);
-	s->wbuf = NULL;
+	free(s->main.wbuf);
+	s->main.wbuf = NULL;
+	if (s->links)
+		links_stop(s->links); /* nothing may join a sender that is gone */
+	for (unsigned i = 0; i < s->nlanes; i++) {
+		struct send_lane *l = s->lanes[i];
+		free(l->wbuf);
+		proto_digest_free(&l->dg);
+		pthread_mutex_destroy(&l->lock);
+		free(l);
+	}
+	s->nlanes = 0;
 	if (s->locks_ready) {
-		pthread_mutex_destroy(&s->lock);
+		pthread_mutex_destroy(&s->main.lock);
 		pthread_mutex_destroy(&s->pool_lock);
+		pthread_mutex_destroy(&s->adapt_lock);
+		pthread_mutex_destroy(&s->dead_lock);
 		s->locks_ready = false;
 	}
 }

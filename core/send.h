@@ -10,6 +10,7 @@
 #include "adapt.h"
 #include "codec.h"
 #include "hash.h"
+#include "links.h"
 #include "protocol.h"
 #include "sink.h"
 #include "sync_filter.h"
@@ -32,6 +33,14 @@ struct send_opts {
 	 * counted, not sent; IMAGE and END go out with nothing between, and
 	 * the receiver (serve --dry-run) writes nothing. */
 	bool dry_run;
+	/* Serve: several connections offered through this rendezvous
+	 * (links_host_open done), in a LINKS record right after our hello;
+	 * links are taken from then on, while the hash list comes in
+	 * (core/links.h). Freed by the caller after sender_free. */
+	struct links *offer;
+	/* The client: serve was asked for several connections (serve
+	 * --links): read its LINKS record after its hello. */
+	bool links;
 };
 
 /* One block's CPU work (hash, compress, seal the record),
@@ -62,6 +71,23 @@ struct send_scratch {
 	uint8_t *pbuf;         /* --compress auto's probe one level up (core/adapt.h) */
 };
 
+/* One connection's output: the first (IMAGE, ZERO, DATA, END) or a
+ * further link of the session (DATA, then its own END; core/links.h).
+ * Everything in it is touched under its lock, by one worker at a time:
+ * N links are N writers, each with its own cipher (libssh2) or ssh
+ * process. */
+struct send_lane {
+	struct transport *t;
+	unsigned index;                /* 0: the first connection */
+	pthread_mutex_t lock;
+	uint8_t *wbuf;
+	size_t wlen;
+	struct proto_digest dg;        /* a further link's records (core/protocol.h) */
+	uint64_t data_bytes, data_records;
+};
+
+struct links;
+
 struct sender {
 	struct sink base;
 	struct transport *t;
@@ -73,11 +99,22 @@ struct sender {
 	 * thread at a time. */
 	pthread_mutex_t pool_lock;
 	struct send_scratch *idle;
-	pthread_mutex_t lock;
+	struct send_lane main;         /* the first connection; main.lock guards the rest */
 	bool locks_ready;
+	/* Further links (core/links.h), appended by the links thread while
+	 * the workers send; nlanes is read atomically, a lane never leaves. */
+	struct send_lane *lanes[PROTO_LINKS_MAX];
+	unsigned nlanes;
+	unsigned rr;                   /* where the next block starts looking for a free lane */
+	uint64_t lanes_out;            /* bytes written on further links (atomic) */
+	bool lanes_closed;             /* sender_finish started: no more lanes */
+	struct links *links;           /* stopped before the END (sender_links) */
+	struct proto_hello mine;       /* our hello, for further links too */
+	bool offered;                  /* the client: serve offered several connections */
+	struct proto_links offer;
+	pthread_mutex_t adapt_lock;    /* the adapt window, fed from every lane */
+	pthread_mutex_t dead_lock;
 	struct proto_digest dg;
-	uint8_t *wbuf;
-	size_t wlen;
 	uint64_t zero_off, zero_len;   /* pending ZERO range, merged with the next */
 	struct proto_end end;
 	struct image *src;
@@ -120,6 +157,12 @@ int sender_track(struct sender *s, struct image *src, struct track *t, struct co
  * vouches for it). Sets co's change map; map is the caller's to free. */
 int sender_use_bitmap(struct sender *s, struct image *src, const char *name,
 		      struct change_map *map, struct copy_opts *co);
+/* Several connections: the links that join (L->add, L->owner are set
+ * here) carry DATA records from then on; L is stopped before the END and
+ * must outlive the sender's use. Call after sender_open. */
+void sender_links(struct sender *s, struct links *L);
+/* The bytes written on every connection. */
+uint64_t sender_bytes_out(const struct sender *s);
 /* What the copy engine delivers to: the sync filter when syncing, else
  * the sender itself. */
 struct sink *sender_sink(struct sender *s);

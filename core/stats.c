@@ -64,6 +64,8 @@ void stats_print_json(FILE *f, const char *op, const struct sp_stats *s)
 		fprintf(f, "\"track\":\"%s\",", s->track);
 	if (s->dry_run)
 		fprintf(f, "\"dry_run\":true,");
+	if (s->connections)
+		fprintf(f, "\"connections\":%u,", s->connections);
 	if (s->ncodecs) {
 		/* "compress":{"mode":"auto","changes":2,"levels":{"zstd:1":{"in":N,"out":M},...}} */
 		fprintf(f, "\"compress\":{\"mode\":\"%s\",\"changes\":%u,\"levels\":{",

@@ -47,6 +47,7 @@ struct sp_stats {
 	} codecs[SP_CODECS_MAX];
 	unsigned ncodecs;
 	bool compress_adaptive;   /* --compress auto */
+	unsigned connections;     /* SSH connections used (core/links.h); 0 = not counted */
 	unsigned compress_changes;
 };
 

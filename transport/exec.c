@@ -171,11 +171,21 @@ static int exec_close(struct transport *base, int *status)
 	return 0;
 }
 
+/* The pipes are cuttable (transport.c); the command is stopped too, so
+ * that its connection ends at once. */
+static void exec_cut(struct transport *base)
+{
+	struct exec_transport *t = (struct exec_transport *)base;
+	if (t->pid > 0)
+		kill(t->pid, SIGTERM);
+}
+
 static const struct transport_ops exec_ops = {
 	.read = exec_read,
 	.write = exec_write,
 	.close_write = exec_close_write,
 	.close = exec_close,
+	.cut = exec_cut,
 };
 
 /* Move fd to `to` in the child, clearing close-on-exec. */

@@ -672,11 +672,21 @@ static int ssh_close(struct transport *base, int *status)
 	return 0;
 }
 
+/* Another connection of the session failed: the socket's end makes this
+ * one fail too, in whatever thread waits on it. */
+static void ssh_cut(struct transport *base)
+{
+	struct ssh_transport *t = (struct ssh_transport *)base;
+	if (t->sock >= 0)
+		shutdown(t->sock, SHUT_RDWR);
+}
+
 static const struct transport_ops ssh_ops = {
 	.read = ssh_read,
 	.write = ssh_write,
 	.close_write = ssh_close_write,
 	.close = ssh_close,
+	.cut = ssh_cut,
 };
 
 /* ---- opening ---- */

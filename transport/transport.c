@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -76,7 +77,34 @@ int transport_close(struct transport *t, int *status)
 	*status = -1;
 	if (!t)
 		return 0;
+	if (t->cuttable)
+		close(t->cut_efd);
 	return t->ops->close(t, status);
+}
+
+int transport_make_cuttable(struct transport *t)
+{
+	if (t->cuttable)
+		return 0;
+	t->cut_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (t->cut_efd < 0)
+		return sp_err("%s: eventfd: %s", t->name, strerror(errno));
+	t->cuttable = true;
+	return 0;
+}
+
+void transport_cut(struct transport *t)
+{
+	if (!t)
+		return;
+	__atomic_store_n(&t->cut, 1, __ATOMIC_RELEASE);
+	if (t->cuttable) {
+		uint64_t one = 1;
+		ssize_t n = write(t->cut_efd, &one, sizeof one);
+		(void)n; /* the counter cannot overflow with one write per cut */
+	}
+	if (t->ops->cut)
+		t->ops->cut(t);
 }
 
 void transport_set_timeout(struct transport *t, unsigned seconds)
@@ -92,10 +120,14 @@ static int wait_fd(struct transport *t, int fd, short ev, const char *peer)
 	double deadline = now_seconds() + t->timeout_s;
 	for (;;) {
 		double left = deadline - now_seconds();
-		struct pollfd p = { .fd = fd, .events = ev };
-		int r = !t->timeout_s ? poll(&p, 1, -1)
-			: left > 0   ? poll(&p, 1, (int)(left * 1000) + 1)
+		struct pollfd p[2] = { { .fd = fd, .events = ev },
+				       { .fd = t->cuttable ? t->cut_efd : -1, .events = POLLIN } };
+		nfds_t np = t->cuttable ? 2 : 1;
+		int r = !t->timeout_s ? poll(p, np, -1)
+			: left > 0   ? poll(p, np, (int)(left * 1000) + 1)
 				     : 0;
+		if (__atomic_load_n(&t->cut, __ATOMIC_ACQUIRE))
+			return sp_err("%s: stopped: another connection of this session failed", t->name);
 		if (r > 0)
 			return 0;
 		if (r < 0 && errno == EINTR)
@@ -117,7 +149,7 @@ ssize_t transport_fd_read(struct transport *t, int fd, void *buf, size_t len, co
 {
 	for (;;) {
 		/* After POLLIN a read returns at once, even on a blocking fd. */
-		if (t->timeout_s && wait_fd(t, fd, POLLIN, peer) < 0)
+		if ((t->timeout_s || t->cuttable) && wait_fd(t, fd, POLLIN, peer) < 0)
 			return -1;
 		ssize_t n = read(fd, buf, len);
 		if (n >= 0) {
@@ -159,8 +191,10 @@ void transport_fd_restore(struct transport *t)
 int transport_fd_write(struct transport *t, int fd, const void *buf, size_t len, const char *peer)
 {
 	const char *p = buf;
-	if (t->timeout_s)
+	if (t->timeout_s || t->cuttable)
 		make_nonblocking(t, fd);
+	if (t->cuttable && __atomic_load_n(&t->cut, __ATOMIC_ACQUIRE))
+		return sp_err("%s: stopped: another connection of this session failed", t->name);
 	while (len > 0) {
 		ssize_t n = write(fd, p, len);
 		if (n < 0) {

@@ -24,6 +24,9 @@ struct transport_ops {
 	 * remote command's exit status (0 for fd transports); -1 if the
 	 * status could not be learned. */
 	int (*close)(struct transport *, int *status);
+	/* Optional (transport_cut): make the reads and writes of other
+	 * threads fail at once; close still frees. */
+	void (*cut)(struct transport *);
 };
 
 struct transport {
@@ -38,6 +41,11 @@ struct transport {
 	bool timed_out;         /* it did: close need not wait politely for the peer */
 	bool nb_set;            /* transport_fd_write made nb_fd non-blocking ... */
 	int nb_fd, nb_flags;    /* ... and its flags before that */
+	/* transport_make_cuttable: an eventfd polled beside the data fds of
+	 * the implementations over pipes (fd.c, exec.c). */
+	bool cuttable;
+	int cut_efd;
+	int cut;                /* transport_cut was called (atomic) */
 };
 
 /* Options for reaching a remote host (built-in client or -e command). */
@@ -76,6 +84,14 @@ void transport_set_timeout(struct transport *t, unsigned seconds);
 /* Read exactly len bytes; end of stream first is an error naming t. */
 int transport_read_full(struct transport *t, void *buf, size_t len);
 int transport_close(struct transport *t, int *status);
+/* Several connections of one session (core/links.h): when one fails, the
+ * others must stop too, though a thread may be blocked reading or writing
+ * them. transport_make_cuttable prepares t (before other threads use it);
+ * transport_cut then makes every read and write on it fail at once, from
+ * any thread: pipes poll an eventfd beside their fds, the built-in ssh
+ * client shuts its socket down, an -e command is also sent SIGTERM. */
+int transport_make_cuttable(struct transport *t);
+void transport_cut(struct transport *t);
 
 /* For implementations over pipes and files: one read(2) / a full write(2)
  * on fd, retrying EINTR and counting bytes_in; `peer` names the other end in

@@ -70,7 +70,7 @@ static int mem_close(struct transport *b, int *status)
 	return 0;
 }
 
-static const struct transport_ops mem_ops = { mem_read, mem_write, mem_close_write, mem_close };
+static const struct transport_ops mem_ops = { mem_read, mem_write, mem_close_write, mem_close, NULL };
 
 static void memt_init(struct memt *m, const void *data, size_t len)
 {
