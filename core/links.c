@@ -330,6 +330,9 @@ static void *client_thread(void *arg)
 		l->index = i;
 		if (client_join(L, l) < 0 || keep(L, l) < 0) {
 			sp_info("connection %u did not join: %s; going on with %u", i + 1, sp_errmsg(), i);
+			/* Not politely: its remote process stays until the session
+			 * ends, and the session may be waiting for us to end. */
+			transport_cut(l->t);
 			link_close(l);
 			break;
 		}
