@@ -4,7 +4,8 @@
 # core, with the link shaped by tc netem: 100 Mbit/s with 20 ms RTT, 1 Gbit/s
 # with 1 ms, and unshaped. Every tool pushes the same image through the same
 # link: tar -S | ssh, tar -Sz | ssh (zstd), rsync -S, rsync -S with zstd, and
-# sparsync. Every result is checked with cmp.
+# sparsync (auto compression, pinned zstd 1, and over 2 connections). Every
+# result is checked with cmp.
 #
 #   sudo bash bench/two-hosts.sh            (make bench-hosts)
 #
@@ -162,6 +163,9 @@ for link in $HOSTS_LINKS; do
 	shape "$link" || { echo "two-hosts: tc netem failed for $link" >&2; exit 1; }
 	run "$link" sparsync "$SP '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"
 	run "$link" "sparsync --compress zstd:1" "$SP --compress zstd:1 '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"
+	# Several connections: with one core per host the ciphers share it, so
+	# this row says what --connections costs or gains where it cannot scale.
+	run "$link" "sparsync --connections 2" "$SP --connections 2 '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"
 	run "$link" "tar -S | ssh" "tar -C '$(dirname "$IMG")' -cSf - '$NAME' | dd bs=1M 2>'$D/dd' | $SSH far 'tar -C $D/dst -xSf -'; sed -n 's/^\\([0-9]*\\) bytes.*/\\1/p' '$D/dd' >'$D/wire'"
 	run "$link" "tar -Sz | ssh (zstd)" "tar -C '$(dirname "$IMG")' -cSf - '$NAME' | zstd -1 -q | dd bs=1M 2>'$D/dd' | $SSH far 'zstd -d -q | tar -C $D/dst -xSf -'; sed -n 's/^\\([0-9]*\\) bytes.*/\\1/p' '$D/dd' >'$D/wire'"
 	run "$link" "rsync -S" "rsync -S --stats -e '$SSH' '$IMG' 'far:$D/dst/$NAME' >'$D/rs' && sed -n 's/^Total bytes sent: *\\([0-9,]*\\).*/\\1/p' '$D/rs' | tr -d , >'$D/wire'"
