@@ -13,7 +13,8 @@
 # to push; default: an ext4 image of /usr/share/doc made here, 4 GiB),
 # HOSTS_TIMEOUT (seconds per run, 600), HOSTS_TOOLS (a regex of the tools
 # to run, default all), HOSTS_SP_OPTS (more sparsync options, e.g. -v: its
-# messages are kept in $BENCH_DIR/two-hosts.sparsync.log).
+# messages are kept in $BENCH_DIR/two-hosts.sparsync.log), HOSTS_CONNECTIONS
+# (the --connections rows, default "2").
 #
 # It only uses the two ends of its own veth pair (10.203.77.1 and .2 /30,
 # inside the namespace it creates) and sends nothing anywhere else; the
@@ -25,6 +26,7 @@ HOSTS_LINKS=${HOSTS_LINKS:-100mbit:20ms 1gbit:1ms none}
 HOSTS_TIMEOUT=${HOSTS_TIMEOUT:-600}
 HOSTS_TOOLS=${HOSTS_TOOLS:-.}
 HOSTS_SP_OPTS=${HOSTS_SP_OPTS:-}
+HOSTS_CONNECTIONS=${HOSTS_CONNECTIONS:-2}
 [ "$(id -u)" = 0 ] || { echo "two-hosts: run as root (network namespaces, tc)" >&2; exit 2; }
 for c in ip tc taskset sshd ssh ssh-keygen rsync tar zstd mke2fs cmp "$SPARSYNC"; do
 	command -v "$c" >/dev/null || { echo "two-hosts: $c is missing" >&2; exit 2; }
@@ -163,9 +165,12 @@ for link in $HOSTS_LINKS; do
 	shape "$link" || { echo "two-hosts: tc netem failed for $link" >&2; exit 1; }
 	run "$link" sparsync "$SP '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"
 	run "$link" "sparsync --compress zstd:1" "$SP --compress zstd:1 '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"
-	# Several connections: with one core per host the ciphers share it, so
-	# this row says what --connections costs or gains where it cannot scale.
-	run "$link" "sparsync --connections 2" "$SP --connections 2 '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"
+	# Several connections (HOSTS_CONNECTIONS, default 2): with one core per
+	# host the ciphers share it, so these rows say what --connections costs
+	# or gains where it cannot scale.
+	for n in $HOSTS_CONNECTIONS; do
+		run "$link" "sparsync --connections $n" "$SP --connections $n '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"
+	done
 	run "$link" "tar -S | ssh" "tar -C '$(dirname "$IMG")' -cSf - '$NAME' | dd bs=1M 2>'$D/dd' | $SSH far 'tar -C $D/dst -xSf -'; sed -n 's/^\\([0-9]*\\) bytes.*/\\1/p' '$D/dd' >'$D/wire'"
 	run "$link" "tar -Sz | ssh (zstd)" "tar -C '$(dirname "$IMG")' -cSf - '$NAME' | zstd -1 -q | dd bs=1M 2>'$D/dd' | $SSH far 'zstd -d -q | tar -C $D/dst -xSf -'; sed -n 's/^\\([0-9]*\\) bytes.*/\\1/p' '$D/dd' >'$D/wire'"
 	run "$link" "rsync -S" "rsync -S --stats -e '$SSH' '$IMG' 'far:$D/dst/$NAME' >'$D/rs' && sed -n 's/^Total bytes sent: *\\([0-9,]*\\).*/\\1/p' '$D/rs' | tr -d , >'$D/wire'"

@@ -24,7 +24,7 @@ unsigned links_cores(void)
 
 #define AUTO_MAX 4
 #define AUTO_MIN_CORES 4
-#define AUTO_BYTES_PER_LINK (256ull << 20)
+#define AUTO_BYTES_PER_LINK (1ull << 30)
 
 bool links_worth_asking(unsigned asked)
 {
