@@ -324,11 +324,14 @@ static struct transport *open_link(void *ctx, unsigned index)
 	return t;
 }
 
-/* Close the further connections; a failure there after a good copy is
- * only worth a -v line (the session's END covered their data). */
-static void links_close(struct links *L, struct sp_stats *st)
+/* Close the further connections: politely after a good copy (the
+ * session's END covered their data; their remote processes end with it),
+ * at once after a failure, when nobody may be there to answer. */
+static void links_close(struct links *L, struct sp_stats *st, bool failed)
 {
 	st->connections = 1 + L->n;
+	if (failed)
+		links_cut(L);
 	links_free(L);
 }
 
@@ -416,7 +419,7 @@ static int send_image(const struct copy_cli *cli, struct image *src, struct tran
 		st->bytes_received = snd.rd.bytes;
 	sender_free(&snd);
 	if (!stream)
-		links_close(&L, st);
+		links_close(&L, st, rc < 0);
 	return rc < 0 ? -1 : 0;
 }
 
@@ -464,7 +467,7 @@ static int pull(const struct copy_cli *cli, struct sp_stats *st)
 	int rc = receive_run(t, &ro, st);
 	free(pulled_name);
 	if (ro.links_client)
-		links_close(&L, st);
+		links_close(&L, st, rc < 0);
 	return remote_finish(t, rc);
 }
 

@@ -114,9 +114,9 @@ check "  and it is unchanged" cmp "$T/backup.before" "$R/backup.raw"
 
 # The receiver's serve and its join processes, by the path they write.
 join_pids() { pgrep -f "serve --join sparsync-links-"; }
-serve_pid() { # the remote serve itself, not the ssh client that started it
+serve_pid() { # receive|send PATH: the remote serve itself, not the ssh client that started it
 	local p
-	for p in $(pgrep -f "serve .*--receive .*$1"); do
+	for p in $(pgrep -f "serve .*--$1 .*$2"); do
 		[ "$(cat /proc/$p/comm 2>/dev/null)" = ssh ] || { echo "$p"; return; }
 	done
 }
@@ -134,13 +134,13 @@ cp "$R/k.raw" "$T/k.before"
 cp "$big" "$T/big2.raw"
 put_random "$T/big2.raw" $((120 * MiB)) $((100 * MiB))
 rchar() { sed -n 's/^rchar: //p' "/proc/$1/io" 2>/dev/null || echo 0; }
-# data_flowing FINDER PATH: the pid of the serve FINDER finds, once both
-# further connections have joined and it has since read 8 MiB more (under
-# valgrind a process reads far more than that at its start).
+# data_flowing receive|send PATH: the pid of that serve, once both further
+# connections have joined and it has since read 8 MiB more (under valgrind
+# a process reads far more than that at its start).
 data_flowing() {
 	local s= i base=
 	for i in $(seq 1 3000); do
-		s=$($1 "$2")
+		s=$(serve_pid "$1" "$2")
 		if [ -n "$s" ] && [ "$(join_pids | wc -l)" -ge 2 ]; then
 			[ -n "$base" ] || base=$(rchar "$s")
 			[ "$(rchar "$s")" -gt $((base + 8 * MiB)) ] && { echo "$s"; return; }
@@ -148,64 +148,58 @@ data_flowing() {
 		sleep 0.01
 	done
 }
-kill_link_test() { # NAME HOST CLIENT-OPTS...
-	local name=$1 host=$2; shift 2
-	$TO "$SPARSYNC" copy "$@" --remote-path "$SPARSYNC" --connections 3 "$T/big2.raw" \
-		"$host:$R/k.raw" >"$T/kill.out" 2>&1 &
-	local cpid=$! s
-	s=$(data_flowing serve_pid "$R/k.raw")
-	if [ -z "$s" ]; then fail "$name: no data reached the remote serve"; wait $cpid; return; fi
+# cut_mid_copy NAME WHAT CPID SERVE-PID: once data flows, stop the remote
+# serve, end one further connection (WHAT: "join" kills its serve --join,
+# "session" its sshd session, as a dropped TCP connection would), go on;
+# the copy in CPID must then fail with one line.
+cut_mid_copy() {
+	local name=$1 what=$2 cpid=$3 s=$4 j
+	if [ -z "$s" ]; then fail "$name: no data reached the remote serve"; wait "$cpid"; return; fi
 	kill -STOP "$s"
-	kill -9 "$(join_pids | head -1)"
+	j=$(join_pids | head -1)
+	[ "$what" = session ] && j=$(ps -o ppid= -p "$j" | tr -d ' ')
+	kill -9 "$j"
 	sleep 0.3
 	kill -CONT "$s"
-	wait $cpid
+	wait "$cpid"
 	local rc=$?
 	cp "$T/kill.out" "$T/.last"
 	if [ $rc -ne 0 ] && [ $rc -lt 124 ]; then pass "$name: the copy fails (exit $rc)"; else
 		fail "$name: exit $rc"; sed 's/^/    | /' "$T/kill.out" | head -5
 	fi
+}
+# no_serve_left NAME-PATTERN: every remote process of the session is gone.
+no_serve_left() {
+	local i
+	for i in $(seq 1 50); do pgrep -f "serve .*$1|serve --join" >/dev/null || break; sleep 0.1; done
+	same "  no serve left running" "$(pgrep -f "serve .*$1|serve --join" | wc -l)" 0
+}
+kill_link_test() { # NAME HOST CLIENT-OPTS...
+	local name=$1 host=$2; shift 2
+	$TO "$SPARSYNC" copy "$@" --remote-path "$SPARSYNC" --connections 3 "$T/big2.raw" \
+		"$host:$R/k.raw" >"$T/kill.out" 2>&1 &
+	local cpid=$!
+	cut_mid_copy "$name" join $cpid "$(data_flowing receive "$R/k.raw")"
 	check "  the message names the connection" grep -q 'connection [0-9]' "$T/kill.out"
 	check "  the old copy is as it was" cmp "$T/k.before" "$R/k.raw"
 	check "  no temporary file or journal left" no_temp_files "$R"
-	for i in $(seq 1 50); do pgrep -f "serve .*$R/k.raw|serve --join" >/dev/null || break; sleep 0.1; done
-	same "  no serve left running" "$(pgrep -f "serve .*$R/k.raw|serve --join" | wc -l)" 0
+	no_serve_left "$R/k.raw"
 }
 kill_link_test "a further connection killed (built-in client)" $H $SSHO
 kill_link_test "a further connection killed (OpenSSH, -e)" sparsync-test -e "ssh -F $SSH_CONFIG"
-# A pull whose further connection is cut in the middle (its sshd session
-# killed, as a dropped TCP connection would be): the local copy being
-# updated stays as it was.
+# A pull whose further connection is cut in the middle: the local copy
+# being updated stays as it was.
 cp "$big" "$T/kp.raw"
 check "a local copy to update by pulls" cmp "$big" "$T/kp.raw"
-send_pid() {
-	local p
-	for p in $(pgrep -f "serve .*--send .*$1"); do
-		[ "$(cat /proc/$p/comm 2>/dev/null)" = ssh ] || { echo "$p"; return; }
-	done
-}
 kill_pull_test() { # NAME HOST CLIENT-OPTS...
 	local name=$1 host=$2; shift 2
 	$TO "$SPARSYNC" copy "$@" --remote-path "$SPARSYNC" --connections 3 "$host:$T/big2.raw" \
 		"$T/kp.raw" >"$T/kill.out" 2>&1 &
-	local cpid=$! s j
-	s=$(data_flowing send_pid "$T/big2.raw")
-	if [ -z "$s" ]; then fail "$name: the remote serve read nothing"; wait $cpid; return; fi
-	kill -STOP "$s"
-	j=$(join_pids | head -1)
-	kill -9 "$(ps -o ppid= -p "$j" | tr -d ' ')"
-	sleep 0.3
-	kill -CONT "$s"
-	wait $cpid
-	local rc=$?
-	cp "$T/kill.out" "$T/.last"
-	if [ $rc -ne 0 ] && [ $rc -lt 124 ]; then pass "$name: the pull fails (exit $rc)"; else
-		fail "$name: exit $rc"; sed 's/^/    | /' "$T/kill.out" | head -5
-	fi
+	local cpid=$!
+	cut_mid_copy "$name" session $cpid "$(data_flowing send "$T/big2.raw")"
 	check "  the local copy is as it was" cmp "$big" "$T/kp.raw"
 	check "  no temporary file or journal left" no_temp_files "$T"
-	for i in $(seq 1 50); do pgrep -f "serve .*big2.raw|serve --join" >/dev/null || break; sleep 0.1; done
-	same "  no serve left running" "$(pgrep -f "serve .*big2.raw|serve --join" | wc -l)" 0
+	no_serve_left big2.raw
 }
 kill_pull_test "a pull's further connection cut (built-in client)" $H $SSHO
 kill_pull_test "a pull's further connection cut (OpenSSH, -e)" sparsync-test -e "ssh -F $SSH_CONFIG"

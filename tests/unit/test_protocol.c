@@ -830,11 +830,62 @@ static void test_hashes(void)
 	free(rec);
 }
 
+/* LINKS and JOIN (several connections): only when negotiated, names
+ * that are rendezvous names, link indexes within the limit. */
+static void test_links_records(void)
+{
+	struct proto_session s;
+	memset(&s, 0, sizeof s);
+	struct proto_hello snd, rcv;
+	proto_hello_init(&snd, ROLE_SENDER, 0, 65536, CAP_SUPPORTED);
+	proto_hello_init(&rcv, ROLE_RECEIVER, 0, PROTO_BLOCK_MAX, CAP_SUPPORTED);
+	proto_negotiate(&s, "peer", ROLE_SENDER, &snd, &rcv);
+	struct proto_links l = { .cores = 8 };
+	memset(l.token, 0xa5, sizeof l.token);
+	snprintf(l.name, sizeof l.name, "sparsync-links-%s", "0123456789abcdef0123456789abcdef");
+	uint8_t b[PROTO_FRAME_SIZE + PROTO_LINKS_SIZE + 1];
+	size_t n = proto_encode_links(b, &l);
+	struct proto_rec r;
+	CHECK("LINKS decodes", decode(&s, b, n, &r) == 0 && r.type == REC_LINKS &&
+	      r.u.links.cores == 8 && !strcmp(r.u.links.name, l.name) &&
+	      !memcmp(r.u.links.token, l.token, sizeof l.token));
+	struct proto_session plain = s;
+	plain.caps &= ~CAP_LINKS;
+	CHECK("LINKS without the capability is refused", decode(&plain, b, n, &r) < 0 &&
+	      msg_has("not negotiated"));
+	b[PROTO_FRAME_SIZE + 24 + 3] = '/'; /* "spa/sync-links-..." */
+	reseal(b);
+	CHECK("LINKS with a name that is not a rendezvous is refused",
+	      decode(&s, b, n, &r) < 0 && msg_has("rendezvous name"));
+	n = proto_encode_links(b, &l);
+	b[PROTO_FRAME_SIZE + 24 + 47] = 'x'; /* junk after the name */
+	reseal(b);
+	CHECK("LINKS with junk after the name is refused", decode(&s, b, n, &r) < 0);
+
+	struct proto_join j = { .index = 3 };
+	memset(j.token, 0x5a, sizeof j.token);
+	uint8_t jb[PROTO_FRAME_SIZE + PROTO_JOIN_SIZE + 1];
+	n = proto_encode_join(jb, &j);
+	CHECK("JOIN decodes", decode(&s, jb, n, &r) == 0 && r.type == REC_JOIN && r.u.join.index == 3 &&
+	      !memcmp(r.u.join.token, j.token, sizeof j.token));
+	j.index = 0;
+	n = proto_encode_join(jb, &j);
+	CHECK("JOIN as link 0 (the first connection) is refused", decode(&s, jb, n, &r) < 0);
+	j.index = PROTO_LINKS_MAX;
+	n = proto_encode_join(jb, &j);
+	CHECK("JOIN beyond the link limit is refused", decode(&s, jb, n, &r) < 0);
+	CHECK("rendezvous names: too short is refused",
+	      !proto_link_name_ok("sparsync-links-0123"));
+	CHECK("rendezvous names: upper-case hex is refused",
+	      !proto_link_name_ok("sparsync-links-0123456789ABCDEF0123456789abcdef"));
+}
+
 int main(void)
 {
 	test_hello();
 	test_negotiate();
 	test_records();
+	test_links_records();
 	test_hashes();
 	test_digest();
 	test_codec_parse();
