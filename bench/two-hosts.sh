@@ -116,6 +116,20 @@ if [ -z "$IMG" ]; then
 fi
 NAME=$(basename "$IMG")
 DATA=$(du -B1 "$IMG" | cut -f1)
+# Today's image for the re-sync rows: 1 % of the data's 4 KiB blocks
+# rewritten (python3: random offsets inside data extents, from the map).
+if grep -Eq -- "$HOSTS_TOOLS" <<<"re-sync"; then
+	cp --sparse=always "$IMG" "$D/changed.raw" &&
+	"$SPARSYNC" map --json "$IMG" | python3 -c '
+import json, os, random, sys
+random.seed(18)
+ext = [e for e in json.load(sys.stdin) if e.get("data")]
+blocks = [(e["start"] + i * 4096) for e in ext for i in range(e["length"] // 4096)]
+fd = os.open(sys.argv[1], os.O_WRONLY)
+for off in random.sample(blocks, max(1, len(blocks) // 100)):
+    os.pwrite(fd, os.urandom(4096), off)
+os.close(fd)' "$D/changed.raw" || { echo "two-hosts: cannot make the changed image" >&2; exit 1; }
+fi
 
 # ---- runs: the sender on core 0 ----
 # Besides the wall time, what bounds each row: the CPU seconds of the sending
@@ -130,7 +144,10 @@ reaped_cpu() { awk -v t="$TICK" '{ print ($16 + $17) / t }' "/proc/$SSHD_PID/sta
 run() { # LINK TOOL CMD  (CMD writes $D/dst/$NAME; wire bytes in $D/wire)
 	local link=$1 tool=$2 cmd=$3 t0 t1 rc r0 r1
 	grep -Eq -- "$HOSTS_TOOLS" <<<"$tool" || return 0
-	rm -f "$D/dst/$NAME" "$D/wire" "$D/time"; sync; echo 3 >/proc/sys/vm/drop_caches
+	rm -f "$D/dst/$NAME" "$D/dst/.$NAME.sparsync" "$D/wire" "$D/time"
+	# A re-sync: PREP puts yesterday's copy in place first (not timed).
+	[ -n "${PREP:-}" ] && { bash -c "$PREP" || { echo "two-hosts: $PREP failed" >&2; exit 1; }; }
+	sync; echo 3 >/proc/sys/vm/drop_caches
 	r0=$(reaped_cpu)
 	t0=$(date +%s.%N)
 	# Like for like: every tool's result is on disk when the clock stops
@@ -143,7 +160,7 @@ run() { # LINK TOOL CMD  (CMD writes $D/dst/$NAME; wire bytes in $D/wire)
 	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
 	if [ $rc = 124 ]; then status=TIMEOUT
 	elif [ $rc != 0 ]; then status="FAILED ($(grep -v '^Command exited' "$D/err" | tail -1 | cut -c1-80))"
-	elif ! cmp -s "$IMG" "$D/dst/$NAME"; then status="FAILED (differs)"; fi
+	elif ! cmp -s "${WANT:-$IMG}" "$D/dst/$NAME"; then status="FAILED (differs)"; fi
 	local wire scpu rcpu floor
 	wire=$(cat "$D/wire" 2>/dev/null)
 	scpu=$(awk '{ printf "%.2f", $1 + $2 }' "$D/time" 2>/dev/null)
@@ -157,6 +174,19 @@ run() { # LINK TOOL CMD  (CMD writes $D/dst/$NAME; wire bytes in $D/wire)
 	case $tool in sparsync*) { echo "== $link $tool"; cat "$D/err"; } >>"$BENCH_DIR/two-hosts.sparsync.log";; esac
 	[ -s "$D/json" ] && sed -n "s/.*\"compress\":\(.*\),\"seconds\".*/$link, $tool: \1/p" "$D/json" >>"$D/levels"
 	rm -f "$D/json"
+}
+# Re-syncs (the second half of issue 18's targets): yesterday's copy is at
+# the destination, today's image has nothing or 1 % of its data changed.
+# sparsync's copy was written by sparsync (so it has its digest file, as a
+# nightly backup does); rsync's is a plain copy (rsync keeps no state).
+IMG1=$D/changed.raw
+resyncs() { # LINK
+	grep -Eq -- "$HOSTS_TOOLS" <<<"re-sync" || return 0
+	local link=$1 spprep="'$SPARSYNC' copy -q '$IMG' '$D/dst/$NAME'" cpprep="cp --sparse=always '$IMG' '$D/dst/$NAME'"
+	PREP=$spprep run "$link" "re-sync, unchanged: sparsync" "$SP '$IMG' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"
+	PREP=$cpprep run "$link" "re-sync, unchanged: rsync -S" "rsync -S --stats -e '$SSH' '$IMG' 'far:$D/dst/$NAME' >'$D/rs' && sed -n 's/^Total bytes sent: *\\([0-9,]*\\).*/\\1/p' '$D/rs' | tr -d , >'$D/wire'"
+	PREP=$spprep WANT=$IMG1 run "$link" "re-sync, 1 % changed: sparsync" "$SP '$IMG1' '$Bip:$D/dst/$NAME' >'$D/json' && $SPW"
+	PREP=$cpprep WANT=$IMG1 run "$link" "re-sync, 1 % changed: rsync -S" "rsync -S --stats -e '$SSH' '$IMG1' 'far:$D/dst/$NAME' >'$D/rs' && sed -n 's/^Total bytes sent: *\\([0-9,]*\\).*/\\1/p' '$D/rs' | tr -d , >'$D/wire'"
 }
 SP="$SPARSYNC copy --json -q $HOSTS_SP_OPTS -i $D/ssh/id --known-hosts $D/ssh/known_hosts --remote-path $SPARSYNC"
 SPW="sed -n 's/.*\"bytes_sent\":\\([0-9]*\\).*/\\1/p' '$D/json' >'$D/wire'"
@@ -175,6 +205,7 @@ for link in $HOSTS_LINKS; do
 	run "$link" "tar -Sz | ssh (zstd)" "tar -C '$(dirname "$IMG")' -cSf - '$NAME' | zstd -1 -q | dd bs=1M 2>'$D/dd' | $SSH far 'zstd -d -q | tar -C $D/dst -xSf -'; sed -n 's/^\\([0-9]*\\) bytes.*/\\1/p' '$D/dd' >'$D/wire'"
 	run "$link" "rsync -S" "rsync -S --stats -e '$SSH' '$IMG' 'far:$D/dst/$NAME' >'$D/rs' && sed -n 's/^Total bytes sent: *\\([0-9,]*\\).*/\\1/p' '$D/rs' | tr -d , >'$D/wire'"
 	run "$link" "rsync -S --zc=zstd" "rsync -S --stats --compress --compress-choice=zstd --compress-level=1 -e '$SSH' '$IMG' 'far:$D/dst/$NAME' >'$D/rs' && sed -n 's/^Total bytes sent: *\\([0-9,]*\\).*/\\1/p' '$D/rs' | tr -d , >'$D/wire'"
+	resyncs "$link"
 done
 shape none
 
@@ -185,11 +216,15 @@ echo
 echo "| link | tool | seconds | wire bytes | sender CPU s | receiver CPU s | link floor s | bound by | ratio (tool s / sparsync s) | result |"
 echo "|---|---|---:|---:|---:|---:|---:|---|---:|---|"
 awk -F'\t' '
-	{ row[NR] = $0; if ($2 == "sparsync" && $8 == "ok") ref[$1] = $3 }
+	# A row is set against sparsync on the same link in the same job (a
+	# re-sync row: the part of its name before ": ").
+	function job(l, t) { return l "|" (index(t, ": ") ? substr(t, 1, index(t, ": ") - 1) : "") }
+	{ row[NR] = $0; if (($2 == "sparsync" || $2 ~ /: sparsync$/) && $8 == "ok") ref[job($1, $2)] = $3 }
 	END {
 		for (i = 1; i <= NR; i++) {
 			split(row[i], f, "\t")
-			r = (f[1] in ref && ref[f[1]] > 0 && f[8] == "ok") ? sprintf("%.2f", f[3] / ref[f[1]]) : "-"
+			k = job(f[1], f[2])
+			r = (k in ref && ref[k] > 0 && f[8] == "ok") ? sprintf("%.2f", f[3] / ref[k]) : "-"
 			b = "sender CPU"; m = f[5]
 			if (f[6] + 0 > m + 0) { b = "receiver CPU"; m = f[6] }
 			if (f[7] != "-" && f[7] + 0 > m + 0) { b = "link"; m = f[7] }

@@ -230,8 +230,14 @@ static int run(struct image *img, enum op op, void *buf, uint64_t len, uint64_t 
 	}
 	int rc = 0;
 	if (cookie < 0) {
-		/* libnbd has called free already: nothing to wait for. */
-		rc = sp_err("%s: NBD %s: %s", img->path, what[op], nbd_get_error());
+		/* libnbd has called free already: nothing to wait for. A
+		 * handle the server's end already closed says only "invalid
+		 * state": say what happened. */
+		if (nbd_aio_is_closed(c->h) > 0 || nbd_aio_is_dead(c->h) > 0)
+			rc = sp_err("%s: NBD %s failed: the server closed the connection", img->path,
+				    what[op]);
+		else
+			rc = sp_err("%s: NBD %s: %s", img->path, what[op], nbd_get_error());
 	} else {
 		wake(c);
 		pthread_mutex_lock(&r.m);

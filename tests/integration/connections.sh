@@ -41,6 +41,11 @@ is "  --json counts 3 connections" connections 3
 same "  each of the 3 carried data (the remote serve says so)" "$(carried)" 3
 check "  identical" cmp "$img" "$T/b.raw"
 
+check_fails "pull of a file that is not there, over 3 connections" $TO $SP --connections 3 \
+	"$H:$R/nothing.raw" "$T/nothing.raw"
+check "  says so in one line" sh -c "grep -q 'nothing.raw: No such file' $T/.last && [ \$(wc -l <$T/.last) -eq 1 ]"
+check "  and writes nothing" test ! -e "$T/nothing.raw"
+
 check "push to qcow2 over 4 connections" $TO $SP --json --connections 4 "$img" "$H:$R/a.qcow2"
 is "  4 connections" connections 4
 check "  qemu-img compare" qemu-img compare -q "$img" "$R/a.qcow2"
