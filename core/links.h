@@ -75,8 +75,8 @@ unsigned links_cores(void);
 /* Further links to open: `asked` connections in all (--connections N), or
  * for 0 (the default) from both ends' cores: half the smaller count, at
  * most 4 in all, and no more than one per GiB of data (a small copy is
- * over before another connection has logged in: a login costs sshd 0.6 s
- * of CPU on the 2-core test VM). 1 on small machines. */
+ * over before another connection has logged in, and a login costs both
+ * ends CPU). 1 on small machines. */
 unsigned links_want(unsigned asked, unsigned remote_cores, uint64_t data);
 /* Whether a client with --connections `asked` offers several at all. */
 bool links_worth_asking(unsigned asked);
