@@ -27,7 +27,11 @@ struct rx_link {
 /* The first failure stops everything: the sender learns why on the first
  * connection (where it looks when a write fails), then every connection
  * is cut, so that the first connection's reader and the other links'
- * threads stop at once and the sender's writes fail. */
+ * threads stop at once and the sender's writes fail. The ERROR goes out
+ * only where another thread may write while the reader reads (serve's
+ * pipes): a libssh2 session is one thread's at a time, and there the
+ * sender learns of it as its connections end (the user, on this side,
+ * gets the link's message). */
 static void fail(struct rx_links *R, const char *msg)
 {
 	pthread_mutex_lock(&R->lock);
@@ -39,7 +43,7 @@ static void fail(struct rx_links *R, const char *msg)
 	pthread_mutex_unlock(&R->lock);
 	if (!first)
 		return;
-	if (R->answer) {
+	if (R->answer && R->first->rw_threads) {
 		pthread_mutex_lock(R->first_write);
 		R->told = proto_send_error(R->first, msg) == 0;
 		pthread_mutex_unlock(R->first_write);
@@ -48,15 +52,43 @@ static void fail(struct rx_links *R, const char *msg)
 	transport_cut(R->first);
 }
 
-static void progress(struct rx_link *x, uint64_t off, uint64_t len, bool data)
+void rx_progress_add(struct rx_progress *p, uint64_t off_end, uint64_t data)
 {
-	struct rx_links *R = x->R;
-	uint64_t total = data ? __atomic_add_fetch(R->done, len, __ATOMIC_RELAXED) : 0;
-	if (!R->prog->on || (R->by_data && !data))
+	uint64_t total = __atomic_add_fetch(&p->done, data, __ATOMIC_RELAXED);
+	if (!p->bar->on || (p->by_data && !data))
 		return;
-	pthread_mutex_lock(R->prog_lock);
-	progress_update(R->prog, R->by_data ? total : off + len, R->st);
-	pthread_mutex_unlock(R->prog_lock);
+	if (p->lock)
+		pthread_mutex_lock(p->lock);
+	progress_update(p->bar, p->by_data ? total : off_end, p->st);
+	if (p->lock)
+		pthread_mutex_unlock(p->lock);
+}
+
+int rx_apply(const struct proto_session *s, struct codec_ctx *cc, uint8_t *out, struct sink *sink,
+	     struct proto_digest *dg, struct proto_end *seen, const struct proto_rec *rec,
+	     uint64_t *off_end, uint64_t *data)
+{
+	if (rec->type == REC_DATA) {
+		const struct proto_data *d = &rec->u.data;
+		const uint8_t *plain;
+		if (proto_data_unpack(s, d, cc, out, &plain) < 0 ||
+		    sink->ops->data(sink, d->offset, plain, d->length) < 0)
+			return -1;
+		proto_digest_data(dg, d->offset, d->length, &d->hash);
+		seen->data_bytes += d->length;
+		seen->data_records++;
+		*off_end = d->offset + d->length;
+		*data = d->length;
+		return 0;
+	}
+	const struct proto_zero *z = &rec->u.zero;
+	if (sink->ops->zero(sink, z->offset, z->length) < 0)
+		return -1;
+	proto_digest_zero(dg, z->offset, z->length);
+	seen->zero_bytes += z->length;
+	*off_end = z->offset + z->length;
+	*data = 0;
+	return 0;
 }
 
 static int end_check(struct rx_link *x, const struct proto_end *e)
@@ -96,25 +128,12 @@ static int apply_link(struct rx_link *x)
 			return -1;
 		}
 		switch (rec.type) {
-		case REC_DATA: {
-			const struct proto_data *d = &rec.u.data;
-			const uint8_t *plain;
-			if (proto_data_unpack(&x->s, d, x->cc, x->out, &plain) < 0 ||
-			    sink->ops->data(sink, d->offset, plain, d->length) < 0)
-				return -1;
-			proto_digest_data(&x->dg, d->offset, d->length, &d->hash);
-			x->seen.data_bytes += d->length;
-			x->seen.data_records++;
-			progress(x, d->offset, d->length, true);
-			break;
-		}
+		case REC_DATA:
 		case REC_ZERO: {
-			const struct proto_zero *z = &rec.u.zero;
-			if (sink->ops->zero(sink, z->offset, z->length) < 0)
+			uint64_t off_end, data;
+			if (rx_apply(&x->s, x->cc, x->out, sink, &x->dg, &x->seen, &rec, &off_end, &data) < 0)
 				return -1;
-			proto_digest_zero(&x->dg, z->offset, z->length);
-			x->seen.zero_bytes += z->length;
-			progress(x, z->offset, z->length, false);
+			rx_progress_add(x->R->prog, off_end, data);
 			break;
 		}
 		case REC_END:
@@ -185,15 +204,12 @@ void rx_links_init(struct rx_links *R, struct links *L, struct sp_stats *st,
 }
 
 int rx_links_ready(struct rx_links *R, struct sink *sink, const struct proto_session *s,
-		   struct progress *prog, pthread_mutex_t *prog_lock, bool by_data, uint64_t *done)
+		   struct rx_progress *prog)
 {
 	pthread_mutex_lock(&R->lock);
 	R->sink = sink;
 	R->session = *s;
 	R->prog = prog;
-	R->prog_lock = prog_lock;
-	R->by_data = by_data;
-	R->done = done;
 	R->ready = true;
 	int rc = 0;
 	for (unsigned i = 0; i < R->n && rc == 0; i++)

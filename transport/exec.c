@@ -297,6 +297,7 @@ struct transport *transport_exec_open(const struct remote_opts *o, const char *c
 		goto fail_closed;
 	}
 	t->base.ops = &exec_ops;
+	t->base.rw_threads = true;
 	t->base.name = name;
 	for (size_t i = 0; i < nw; i++)
 		free(words[i]);

@@ -86,6 +86,7 @@ struct transport *transport_fd_open(int rfd, int wfd, const char *name)
 		return NULL;
 	}
 	t->base.ops = &fd_ops;
+	t->base.rw_threads = true;
 	t->rfd = rfd;
 	t->wfd = wfd;
 	widen_pipe(rfd);

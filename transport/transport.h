@@ -45,6 +45,9 @@ struct transport {
 	 * the implementations over pipes (fd.c, exec.c). */
 	bool cuttable;
 	int cut_efd;
+	/* One thread may write while another reads (pipes: fd.c, exec.c);
+	 * not one libssh2 session (ssh.c), which is one thread's at a time. */
+	bool rw_threads;
 	int cut;                /* transport_cut was called (atomic) */
 };
 
