@@ -315,8 +315,7 @@ static struct transport *open_link(void *ctx, unsigned index)
 	const struct link_target *lt = ctx;
 	(void)index;
 	struct cmdline c = { 0 };
-	cl_add(&c, lt->cli->remote_path ? lt->cli->remote_path : "sparsync");
-	cl_add(&c, " serve");
+	serve_prefix(&c, lt->cli);
 	cl_opt(&c, "--join", lt->L->offer.name);
 	char *cmd = cl_done(&c);
 	struct transport *t = cmd ? connect_remote(lt->cli, lt->ep, cmd) : NULL;

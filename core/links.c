@@ -97,13 +97,12 @@ static struct link *link_new(struct links *L, struct transport *t, int ctl)
 	return l;
 }
 
-static int lock_init(struct links *L)
+static void lock_init(struct links *L)
 {
 	if (!L->lock_ready) {
 		pthread_mutex_init(&L->lock, NULL);
 		L->lock_ready = true;
 	}
-	return 0;
 }
 
 /* Keep l in the set, then tell the owner; the set is what links_free closes. */

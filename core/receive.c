@@ -32,13 +32,12 @@ struct receiver {
 	bool answer;           /* the sender reads our replies */
 	bool peer_failed;
 	struct proto_end seen; /* what arrived, to check against END */
-	bool by_data;          /* progress over data bytes (a new DST) */
 	/* Several connections (core/links.h, receive_links.h). */
 	struct links *links;   /* the host's rendezvous or the client's opener */
 	bool links_on;
 	struct rx_links rx;
 	pthread_mutex_t write_lock, prog_lock;
-	uint64_t done;         /* progress: data bytes over every connection */
+	struct rx_progress prog; /* shared with the links' threads */
 };
 
 static int next(struct receiver *r, struct proto_rec *rec)
@@ -204,19 +203,6 @@ static int send_hash_list(struct receiver *r)
 	return sync_list_write(r->t, img, unit, r->o->workers, dest_map_to_fill(&r->d, unit));
 }
 
-/* Progress, shared with the threads of further connections. */
-static void show(struct receiver *r, struct progress *prog, uint64_t off_end, uint64_t data)
-{
-	uint64_t total = __atomic_add_fetch(&r->done, data, __ATOMIC_RELAXED);
-	if (!prog->on || (r->by_data && !data))
-		return;
-	if (r->links_on)
-		pthread_mutex_lock(&r->prog_lock);
-	progress_update(prog, r->by_data ? total : off_end, r->st);
-	if (r->links_on)
-		pthread_mutex_unlock(&r->prog_lock);
-}
-
 static int check_end(struct receiver *r, const struct proto_end *e)
 {
 	if (r->links_on && rx_links_finish(&r->rx, &r->dg, &r->seen) < 0)
@@ -245,33 +231,19 @@ static int check_end(struct receiver *r, const struct proto_end *e)
 	return 0;
 }
 
-static int apply(struct receiver *r, struct sink *sink, struct progress *prog)
+static int apply(struct receiver *r, struct sink *sink)
 {
 	struct proto_rec rec;
 	for (;;) {
 		if (next(r, &rec) < 0)
 			return -1;
 		switch (rec.type) {
-		case REC_DATA: {
-			const struct proto_data *d = &rec.u.data;
-			const uint8_t *plain;
-			if (proto_data_unpack(&r->s, d, r->cc, r->out, &plain) < 0)
-				return -1;
-			if (sink->ops->data(sink, d->offset, plain, d->length) < 0)
-				return -1;
-			proto_digest_data(&r->dg, d->offset, d->length, &d->hash);
-			r->seen.data_bytes += d->length;
-			r->seen.data_records++;
-			show(r, prog, d->offset + d->length, d->length);
-			break;
-		}
+		case REC_DATA:
 		case REC_ZERO: {
-			const struct proto_zero *z = &rec.u.zero;
-			if (sink->ops->zero(sink, z->offset, z->length) < 0)
+			uint64_t off_end, data;
+			if (rx_apply(&r->s, r->cc, r->out, sink, &r->dg, &r->seen, &rec, &off_end, &data) < 0)
 				return -1;
-			proto_digest_zero(&r->dg, z->offset, z->length);
-			r->seen.zero_bytes += z->length;
-			show(r, prog, z->offset + z->length, 0);
+			rx_progress_add(&r->prog, off_end, data);
 			break;
 		}
 		case REC_TRACK:
@@ -294,13 +266,15 @@ static int receive_body(struct receiver *r, struct progress *prog)
 	/* A new DST receives all the source's data: progress over it (holes
 	 * cost nothing). A sync receives only what differs, in offset order:
 	 * progress over the offset reached. */
-	r->by_data = !dest_known_image(&r->d) && r->s.image.has_data;
-	progress_init(prog, r->o->progress, r->by_data ? r->s.image.data : r->s.image.size);
+	bool by_data = !dest_known_image(&r->d) && r->s.image.has_data;
+	progress_init(prog, r->o->progress, by_data ? r->s.image.data : r->s.image.size);
+	r->prog = (struct rx_progress){ .bar = prog, .lock = r->links_on ? &r->prog_lock : NULL,
+					.by_data = by_data, .st = r->st };
 	int rc = 0;
 	if (r->links_on)
-		rc = rx_links_ready(&r->rx, sink, &r->s, prog, &r->prog_lock, r->by_data, &r->done);
+		rc = rx_links_ready(&r->rx, sink, &r->s, &r->prog);
 	if (rc == 0)
-		rc = apply(r, sink, prog);
+		rc = apply(r, sink);
 	if (rc < 0 && r->links_on)
 		rx_links_abort(&r->rx);
 	if (rc == 0)

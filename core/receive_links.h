@@ -18,6 +18,25 @@
 #include "sink.h"
 
 struct rx_link;
+struct codec_ctx;
+
+/* Progress over every connection: data bytes so far (a new DST) or the
+ * offset reached (a sync). lock is NULL while one thread reads. */
+struct rx_progress {
+	struct progress *bar;
+	pthread_mutex_t *lock;
+	bool by_data;
+	uint64_t done;            /* atomic */
+	struct sp_stats *st;
+};
+void rx_progress_add(struct rx_progress *p, uint64_t off_end, uint64_t data);
+
+/* One DATA or ZERO record into sink, folded into dg and seen, for the
+ * first connection's reader (receive.c) and every link's alike. Then
+ * rx_progress_add(p, off_end, data) with what it set. */
+int rx_apply(const struct proto_session *s, struct codec_ctx *cc, uint8_t *out, struct sink *sink,
+	     struct proto_digest *dg, struct proto_end *seen, const struct proto_rec *rec,
+	     uint64_t *off_end, uint64_t *data);
 
 struct rx_links {
 	struct links *L;
@@ -33,10 +52,7 @@ struct rx_links {
 	/* Set by rx_links_ready. */
 	struct sink *sink;
 	struct proto_session session; /* the first connection's, with IMAGE */
-	struct progress *prog;
-	pthread_mutex_t *prog_lock;
-	bool by_data;
-	uint64_t *done;           /* progress: data bytes over every connection (atomic) */
+	struct rx_progress *prog;
 	int failed;               /* atomic */
 	bool told;                /* our ERROR record went out on the first connection */
 	char msg[1024];
@@ -47,7 +63,7 @@ void rx_links_init(struct rx_links *R, struct links *L, struct sp_stats *st,
 		   struct transport *first, bool answer, pthread_mutex_t *first_write);
 /* IMAGE is applied: links start writing into sink (now and as they join). */
 int rx_links_ready(struct rx_links *R, struct sink *sink, const struct proto_session *s,
-		   struct progress *prog, pthread_mutex_t *prog_lock, bool by_data, uint64_t *done);
+		   struct rx_progress *prog);
 /* The END of the first connection arrived: no further link; wait for
  * every link's END; fold their digests into dg (in index order) and their
  * counts into seen. -1 when a link failed. */

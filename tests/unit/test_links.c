@@ -10,6 +10,7 @@
 #include "../../core/protocol.h"
 #include "../../transport/transport.h"
 
+#include <stdint.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -72,8 +73,27 @@ static int finish(struct joiner *j)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
+/* How many further connections: asked for, or from both ends' cores and
+ * the data (these hold whatever this machine's core count). */
+static void test_want(void)
+{
+	CHECK("--connections 3: two further links", links_want(3, 1, 0) == 2);
+	CHECK("--connections 1: none", links_want(1, 64, UINT64_MAX) == 0);
+	CHECK("default, a 1-core remote: none", links_want(0, 1, UINT64_MAX) == 0);
+	CHECK("default, a 3-core remote: none", links_want(0, 3, UINT64_MAX) == 0);
+	CHECK("default, little data: none", links_want(0, 64, 100ull << 20) == 0);
+	unsigned big = links_want(0, 64, UINT64_MAX);
+	CHECK("default, 64-core remote: half the smaller core count, at most 4 in all",
+	      big == (links_cores() < 4 ? 0 : (links_cores() / 2 > 4 ? 4 : links_cores() / 2) - 1));
+	CHECK("default, 1.5 GiB: at most one further link", links_want(0, 64, 3ull << 29) <= 1);
+	CHECK("a client asks serve for links when told to", links_worth_asking(2));
+	CHECK("--connections 1 asks for none", !links_worth_asking(1));
+	CHECK("the default asks on 4 cores or more", links_worth_asking(0) == (links_cores() >= 4));
+}
+
 int main(void)
 {
+	test_want();
 	struct links L;
 	memset(&L, 0, sizeof L);
 	CHECK("a rendezvous opens", links_host_open(&L) == 0);
